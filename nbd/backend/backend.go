@@ -1,0 +1,109 @@
+// Package backend holds the storage behind NBD exports: image files, block
+// devices, and wrappers (slices, copy-on-write overlays, multifile sets) that
+// compose over any other Backend.
+//
+// It owns bytes at offsets and nothing else: it knows nothing of the NBD wire
+// format, of sockets or of configuration files. The protocol package (nbd)
+// calls a Backend; the appliance (cmd/boardnbd) opens one per export.
+package backend
+
+import (
+	"errors"
+)
+
+// Backend is the storage of one export, as seen by one or more connections.
+//
+// Every method may be called from several goroutines at once. Offsets and
+// lengths passed in are already checked against Size by the caller.
+type Backend interface {
+	// ReadAt and WriteAt follow io.ReaderAt and io.WriterAt.
+	ReadAt(p []byte, off int64) (int, error)
+	WriteAt(p []byte, off int64) (int, error)
+
+	// Size is the export size in bytes. It does not change while the
+	// backend is open.
+	Size() int64
+
+	// Flush makes every completed write durable.
+	Flush() error
+
+	// Trim hints that [off, off+length) is no longer needed. The contents
+	// of the range are undefined afterwards.
+	Trim(off, length int64) error
+
+	// Zero makes [off, off+length) read as zeroes. With ZeroNoHole the
+	// range stays allocated; with ZeroFast Zero returns ErrNotSupported at
+	// once, without changing anything, unless it can zero faster than a
+	// write of zeroes would.
+	Zero(off, length int64, flags ZeroFlags) error
+
+	// Extents appends to dst the allocation status of [off, off+length),
+	// in order and without gaps, and returns the extended slice. It may
+	// stop early (but returns at least one extent covering off) and may
+	// extend the last extent past off+length.
+	Extents(dst []Extent, off, length int64) ([]Extent, error)
+
+	// Info describes what the backend can do and how it likes to be used.
+	Info() Info
+
+	// Close releases the backend. No other method is called after it.
+	Close() error
+}
+
+// ZeroFlags modify Backend.Zero.
+type ZeroFlags uint8
+
+const (
+	// ZeroNoHole asks that the zeroed range stay allocated.
+	ZeroNoHole ZeroFlags = 1 << iota
+	// ZeroFast asks Zero to fail with ErrNotSupported unless it is fast.
+	ZeroFast
+)
+
+// Extent is one run of bytes with the same allocation status.
+type Extent struct {
+	Length int64
+	Flags  ExtentFlags
+}
+
+// ExtentFlags describe an Extent.
+type ExtentFlags uint32
+
+const (
+	// ExtentHole marks a run that is not allocated in the storage.
+	ExtentHole ExtentFlags = 1 << iota
+	// ExtentZero marks a run known to read as zeroes.
+	ExtentZero
+)
+
+// Info describes a Backend's capabilities. The zero value describes a
+// writable backend with no trim, no fast zero, no extents, 1-byte alignment.
+type Info struct {
+	ReadOnly    bool // every write fails; the export must be read-only
+	CanTrim     bool // Trim releases space
+	CanFastZero bool // Zero without ZeroNoHole is faster than writing zeroes
+	CanExtents  bool // Extents reports real holes, not one data extent
+	// SharedCache reports that a Flush through any handle of this storage
+	// makes the writes of every other handle durable too, so that several
+	// connections may share it (NBD_FLAG_CAN_MULTI_CONN).
+	SharedCache bool
+	Rotational  bool
+
+	// Block size constraints. MinBlock is the smallest unit that can be
+	// addressed without read-modify-write (a device's logical sector);
+	// PreferredBlock the unit that is efficient (the physical sector or the
+	// page size). Zero means 1 and 4096 respectively.
+	MinBlock       uint32
+	PreferredBlock uint32
+}
+
+// Sentinel errors a Backend may return; the server maps them to NBD errors.
+var (
+	// ErrNotSupported: the operation is not supported by this backend
+	// (NBD_ENOTSUP), e.g. a fast zero that would not be fast.
+	ErrNotSupported = errors.New("backend: operation not supported")
+	// ErrReadOnly: a write to read-only storage (NBD_EPERM).
+	ErrReadOnly = errors.New("backend: read-only")
+	// ErrUnavailable: the storage has gone away (a device unplugged).
+	ErrUnavailable = errors.New("backend: storage unavailable")
+)
