@@ -1,0 +1,655 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"boardnbd/nbd/backend"
+)
+
+// readBufferSize is the per-connection buffer for request headers and small
+// payloads: several pipelined 4 KiB writes fit in one read system call.
+const readBufferSize = 16 << 10
+
+// maxChunks bounds the content chunks of one structured read reply and the
+// descriptors of one block status reply.
+const (
+	maxReadChunks  = 64
+	maxDescriptors = 1 << 14
+)
+
+var errDisconnect = errors.New("nbd: client disconnected with NBD_CMD_DISC")
+
+// conn is one client connection. Its reader goroutine decodes requests and
+// starts a goroutine per request for the backend I/O; replies are written
+// under wmu, one whole reply at a time, so the socket has a single writer.
+type conn struct {
+	srv    *Server
+	nc     net.Conn
+	br     *bufio.Reader
+	log    *slog.Logger
+	optBuf [512]byte
+	begun  time.Time
+
+	// Negotiated during the handshake.
+	noZeroes   bool
+	structured bool
+	metaOK     bool   // base:allocation selected
+	metaExport string // for the export named here
+
+	// The export in transmission.
+	exp          *Export
+	be           backend.Backend
+	size         uint64
+	tflags       uint16
+	minBlock     uint32
+	maxBlock     uint32
+	strictBlocks bool // the client asked for block sizes: enforce them
+	canExtents   bool
+
+	wmu       sync.Mutex // held while writing one reply
+	slots     chan *slot // free request slots; bounds requests in flight
+	inflight  sync.WaitGroup
+	nInflight atomic.Int32
+	mem       budget
+	dead      atomic.Bool
+
+	bytesRead    atomic.Uint64 // read from the export, sent to the client
+	bytesWritten atomic.Uint64 // received from the client, written
+	ioErrors     atomic.Uint64
+}
+
+// slot holds one request in flight and the scratch space for its reply.
+type slot struct {
+	req  request
+	buf  *[]byte // payload, from the pools
+	held int64   // bytes charged to the connection's budget
+	hdr  []byte  // reply headers, grown as needed and kept
+	iov  [][]byte
+	nb   net.Buffers
+	ext  []backend.Extent
+	cks  []chunk
+}
+
+// chunk is one content chunk of a structured read reply under construction.
+type chunk struct {
+	hdr        int // offset of its header in slot.hdr
+	hdrLen     int
+	start, end int64 // data range within the request, for data chunks
+	data       bool
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{
+		srv:   s,
+		nc:    nc,
+		br:    bufio.NewReaderSize(nc, readBufferSize),
+		begun: time.Now(),
+		slots: make(chan *slot, s.maxInFlight()),
+	}
+	for range cap(c.slots) {
+		c.slots <- nil // slots are allocated on first use
+	}
+	c.mem.init(2 * int64(s.maxPayload()))
+	c.log = s.logger().With("remote", nc.RemoteAddr().String())
+	return c
+}
+
+func (c *conn) serve() {
+	defer c.srv.forget(c)
+	defer c.nc.Close()
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("connection panicked; closing it", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+
+	c.nc.SetDeadline(time.Now().Add(c.srv.handshakeTimeout()))
+	c.armShutdown()
+	if err := c.handshake(); err != nil {
+		if c.be != nil {
+			c.be.Close()
+		}
+		c.logHandshakeEnd(err)
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.armShutdown()
+	c.log = c.log.With("export", c.exp.Name)
+	c.log.Info("client connected", "size", c.size, "structured", c.structured,
+		"readonly", c.tflags&flagReadOnly != 0)
+
+	err := c.transmit()
+	c.inflight.Wait()
+	c.be.Close()
+	attrs := []any{"read", c.bytesRead.Load(), "written", c.bytesWritten.Load(),
+		"duration", time.Since(c.begun).Round(time.Millisecond)}
+	if n := c.ioErrors.Load(); n > 0 {
+		attrs = append(attrs, "io_errors", n)
+	}
+	switch {
+	case errors.Is(err, errDisconnect):
+	case c.srv.shutting.Load():
+		attrs = append(attrs, "reason", "server shutting down")
+	case errors.Is(err, io.EOF):
+		attrs = append(attrs, "reason", "client hung up without NBD_CMD_DISC")
+	default:
+		attrs = append(attrs, "reason", err.Error())
+	}
+	c.log.Info("client disconnected", attrs...)
+}
+
+func (c *conn) logHandshakeEnd(err error) {
+	switch {
+	case errors.Is(err, errAborted), errors.Is(err, io.EOF) && !c.dead.Load():
+		c.log.Debug("handshake ended by client", "err", err)
+	case c.srv.shutting.Load():
+		c.log.Debug("handshake cut short by shutdown")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		c.log.Info("handshake timed out; client too slow or not speaking NBD",
+			"timeout", c.srv.handshakeTimeout())
+	default:
+		c.log.Info("handshake failed", "err", err)
+	}
+}
+
+// armShutdown makes a read that is about to start end by the shutdown
+// deadline, if the server is shutting down. Call it after any other change
+// of the read deadline, so a concurrent Shutdown is never overridden.
+func (c *conn) armShutdown() {
+	if c.srv.shutting.Load() {
+		c.nc.SetReadDeadline(time.Unix(0, c.srv.closeAt.Load()))
+	}
+}
+
+// start installs the export chosen by NBD_OPT_GO or NBD_OPT_EXPORT_NAME.
+func (c *conn) start(e *Export, b backend.Backend, strict bool) {
+	c.exp, c.be = e, b
+	c.size, c.tflags = exportShape(e, b, c.structured)
+	info := b.Info()
+	c.minBlock, _, c.maxBlock = c.blockSizes(info)
+	c.strictBlocks = strict
+	c.canExtents = info.CanExtents
+}
+
+// writeAll writes a message under the writer lock (handshake replies).
+func (c *conn) writeAll(a, b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if _, err := c.nc.Write(a); err != nil {
+		return err
+	}
+	if len(b) > 0 {
+		if _, err := c.nc.Write(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// transmit is the reader loop of the transmission phase.
+func (c *conn) transmit() error {
+	var hdr [requestLen]byte
+	idle := c.exp.IdleTimeout
+	for {
+		if idle > 0 {
+			c.nc.SetReadDeadline(time.Now().Add(idle))
+			c.armShutdown()
+		}
+		n, err := io.ReadFull(c.br, hdr[:])
+		if err != nil {
+			if n == 0 && idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) &&
+				c.nInflight.Load() > 0 && !c.srv.shutting.Load() {
+				continue // not idle: a request is still running
+			}
+			if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && idle > 0 && !c.srv.shutting.Load() {
+				return fmt.Errorf("idle for %v", idle)
+			}
+			return err
+		}
+		req, err := decodeRequest(&hdr)
+		if err != nil {
+			return fmt.Errorf("%w in request header: protocol violation", err)
+		}
+		if req.typ == cmdDisc {
+			return errDisconnect
+		}
+		if req.typ == cmdWrite && req.length > c.srv.maxPayload() {
+			return fmt.Errorf("write payload of %d bytes is over the %d byte maximum: protocol violation",
+				req.length, c.srv.maxPayload())
+		}
+
+		s := <-c.slots
+		if s == nil {
+			s = new(slot)
+		}
+		s.req = req
+		if req.typ == cmdWrite {
+			c.hold(s, req.length)
+			if _, err := io.ReadFull(c.br, *s.buf); err != nil {
+				c.release(s)
+				return err
+			}
+		}
+		if errno, msg := c.check(&req); errno != 0 {
+			c.replyError(s, errno, msg)
+			c.release(s)
+			continue
+		}
+		if req.typ == cmdRead {
+			c.hold(s, req.length)
+		}
+		c.inflight.Add(1)
+		c.nInflight.Add(1)
+		go c.handle(s)
+	}
+}
+
+// hold charges n payload bytes to the connection and gives s a buffer.
+func (c *conn) hold(s *slot, n uint32) {
+	c.mem.acquire(int64(n))
+	s.held = int64(n)
+	s.buf = getBuf(int(n))
+}
+
+// release returns a slot and its memory.
+func (c *conn) release(s *slot) {
+	putBuf(s.buf)
+	s.buf = nil
+	c.mem.release(s.held)
+	s.held = 0
+	c.slots <- s
+}
+
+// check validates a request against the negotiated state. It returns the
+// NBD error to reply with, or 0 if the request may run.
+func (c *conn) check(r *request) (uint32, string) {
+	if c.srv.shutting.Load() {
+		return errShutdown, "server is shutting down"
+	}
+	var allowed uint16
+	if c.tflags&flagSendFUA != 0 {
+		allowed |= cmdFlagFUA
+	}
+	write := false
+	switch r.typ {
+	case cmdRead:
+		if c.tflags&flagSendDF != 0 {
+			allowed |= cmdFlagDF
+		}
+	case cmdWrite, cmdTrim:
+		write = true
+	case cmdWriteZeroes:
+		write = true
+		allowed |= cmdFlagNoHole | cmdFlagFastZero
+	case cmdFlush, cmdCache:
+	case cmdBlockStatus:
+		allowed |= cmdFlagReqOne
+	default:
+		return errInval, fmt.Sprintf("unknown command %d", r.typ)
+	}
+	if bad := r.flags &^ allowed; bad != 0 {
+		return errInval, fmt.Sprintf("command flags %#x are not valid for command %d", bad, r.typ)
+	}
+	if write && c.tflags&flagReadOnly != 0 {
+		return errPerm, "export is read-only"
+	}
+	switch {
+	case r.typ == cmdFlush:
+		if c.tflags&flagSendFlush == 0 {
+			return errInval, "flush is not enabled on this export"
+		}
+		return 0, ""
+	case r.typ == cmdTrim && c.tflags&flagSendTrim == 0:
+		return errInval, "trim is not enabled on this export"
+	case r.typ == cmdBlockStatus && !c.metaOK:
+		return errInval, "no metadata context was negotiated"
+	case r.typ == cmdBlockStatus && r.length == 0:
+		return errInval, "block status of zero bytes"
+	}
+	end := r.offset + uint64(r.length)
+	if end < r.offset || end > c.size {
+		if r.typ == cmdWrite || r.typ == cmdWriteZeroes {
+			return errNoSpc, fmt.Sprintf("request [%d, +%d) ends past the export size %d", r.offset, r.length, c.size)
+		}
+		return errInval, fmt.Sprintf("request [%d, +%d) ends past the export size %d", r.offset, r.length, c.size)
+	}
+	if r.typ == cmdRead && r.length > c.maxBlock {
+		return errInval, fmt.Sprintf("read of %d bytes is over the %d byte maximum", r.length, c.maxBlock)
+	}
+	if c.strictBlocks && c.minBlock > 1 && r.typ != cmdBlockStatus &&
+		(r.offset%uint64(c.minBlock) != 0 || r.length%c.minBlock != 0) {
+		return errInval, fmt.Sprintf("request [%d, +%d) is not aligned to the %d byte block size", r.offset, r.length, c.minBlock)
+	}
+	return 0, ""
+}
+
+// handle runs one request on the backend and replies.
+func (c *conn) handle(s *slot) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("request panicked; closing the connection", "panic", p, "stack", string(debug.Stack()))
+			c.fail(fmt.Errorf("panic: %v", p))
+		}
+		c.release(s)
+		c.nInflight.Add(-1)
+		c.inflight.Done()
+	}()
+	r := &s.req
+	off, n := int64(r.offset), int64(r.length)
+	var err error
+	switch r.typ {
+	case cmdRead:
+		c.read(s)
+		return
+	case cmdBlockStatus:
+		c.blockStatus(s)
+		return
+	case cmdWrite:
+		if _, err = c.be.WriteAt(*s.buf, off); err == nil {
+			c.bytesWritten.Add(uint64(n))
+		}
+	case cmdFlush:
+		err = c.be.Flush()
+	case cmdTrim:
+		err = c.be.Trim(off, n)
+	case cmdWriteZeroes:
+		var zf backend.ZeroFlags
+		if r.flags&cmdFlagNoHole != 0 {
+			zf |= backend.ZeroNoHole
+		}
+		if r.flags&cmdFlagFastZero != 0 {
+			zf |= backend.ZeroFast
+		}
+		err = c.be.Zero(off, n, zf)
+	case cmdCache:
+		// A hint only; the kernel's page cache already does read-ahead.
+	}
+	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdFlush {
+		err = c.be.Flush()
+	}
+	if err != nil {
+		c.replyError(s, c.errno(err, r), err.Error())
+		return
+	}
+	s.hdr = grow(s.hdr, simpleReplyLen)
+	putSimpleReply(s.hdr, 0, r.handle)
+	c.send(s, s.hdr[:simpleReplyLen])
+}
+
+// errno maps a backend error to an NBD error value and logs the first one of
+// the connection.
+func (c *conn) errno(err error, r *request) uint32 {
+	e := errnoOf(err)
+	if e != errNotSup && c.ioErrors.Add(1) == 1 {
+		c.log.Warn("storage error; replying with an error and serving on (later ones are counted at disconnect)",
+			"command", r.typ, "offset", r.offset, "length", r.length, "err", err)
+	}
+	return e
+}
+
+// errnoOf maps a storage error to the NBD error the spec asks for.
+func errnoOf(err error) uint32 {
+	switch {
+	case errors.Is(err, backend.ErrNotSupported), errors.Is(err, syscall.EOPNOTSUPP):
+		return errNotSup
+	case errors.Is(err, backend.ErrReadOnly), errors.Is(err, syscall.EPERM),
+		errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EACCES):
+		return errPerm
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		return errNoSpc
+	case errors.Is(err, syscall.EINVAL):
+		return errInval
+	default:
+		return errIO
+	}
+}
+
+// read answers NBD_CMD_READ.
+func (c *conn) read(s *slot) {
+	r := &s.req
+	buf := *s.buf
+	off := int64(r.offset)
+	if !c.structured {
+		if err := c.readAt(buf, off); err != nil {
+			c.replyError(s, c.errno(err, r), err.Error())
+			return
+		}
+		s.hdr = grow(s.hdr, simpleReplyLen)
+		putSimpleReply(s.hdr, 0, r.handle)
+		c.send(s, s.hdr[:simpleReplyLen], buf)
+		return
+	}
+	if len(buf) == 0 {
+		s.hdr = grow(s.hdr, structReplyLen)
+		putStructReply(s.hdr, replyFlagDone, replyTypeNone, r.handle, 0)
+		c.send(s, s.hdr[:structReplyLen])
+		return
+	}
+	s.cks = s.cks[:0]
+	if c.canExtents && r.flags&cmdFlagDF == 0 {
+		c.planChunks(s)
+	}
+	if len(s.cks) <= 1 {
+		// One data chunk for the whole range.
+		s.cks = append(s.cks[:0], chunk{start: 0, end: int64(len(buf)), data: true})
+	}
+	hsize := 0
+	for i := range s.cks {
+		s.cks[i].hdr = hsize
+		if s.cks[i].data {
+			s.cks[i].hdrLen = structReplyLen + 8
+		} else {
+			s.cks[i].hdrLen = structReplyLen + 12
+		}
+		hsize += s.cks[i].hdrLen
+	}
+	s.hdr = grow(s.hdr, hsize)
+	s.iov = s.iov[:0]
+	for i, ck := range s.cks {
+		h := s.hdr[ck.hdr : ck.hdr+ck.hdrLen]
+		var flags uint16
+		if i == len(s.cks)-1 {
+			flags = replyFlagDone
+		}
+		if ck.data {
+			if err := c.readAt(buf[ck.start:ck.end], off+ck.start); err != nil {
+				c.replyError(s, c.errno(err, r), err.Error())
+				return
+			}
+			putStructReply(h, flags, replyTypeOffsetData, r.handle, uint32(8+ck.end-ck.start))
+			binary.BigEndian.PutUint64(h[20:28], uint64(off+ck.start))
+			s.iov = append(s.iov, h, buf[ck.start:ck.end])
+		} else {
+			putStructReply(h, flags, replyTypeOffsetHole, r.handle, 12)
+			binary.BigEndian.PutUint64(h[20:28], uint64(off+ck.start))
+			binary.BigEndian.PutUint32(h[28:32], uint32(ck.end-ck.start))
+			s.iov = append(s.iov, h)
+		}
+	}
+	c.sendIOV(s)
+}
+
+// planChunks splits a structured read into data and hole chunks by the
+// backend's extents. It leaves s.cks with at most one chunk when the whole
+// range is data or the extents cannot be had.
+func (c *conn) planChunks(s *slot) {
+	r := &s.req
+	n := int64(r.length)
+	ext, err := c.be.Extents(s.ext[:0], int64(r.offset), n)
+	s.ext = ext[:0]
+	if err != nil {
+		return
+	}
+	var pos int64
+	for _, e := range ext {
+		if pos >= n || len(s.cks) == maxReadChunks-1 {
+			break
+		}
+		end := min(pos+e.Length, n)
+		if e.Length <= 0 {
+			break
+		}
+		data := e.Flags&backend.ExtentZero == 0
+		if k := len(s.cks); k > 0 && s.cks[k-1].data == data {
+			s.cks[k-1].end = end
+		} else {
+			s.cks = append(s.cks, chunk{start: pos, end: end, data: data})
+		}
+		pos = end
+	}
+	if pos < n {
+		if k := len(s.cks); k > 0 && s.cks[k-1].data {
+			s.cks[k-1].end = n
+		} else {
+			s.cks = append(s.cks, chunk{start: pos, end: n, data: true})
+		}
+	}
+	if len(s.cks) == 1 && !s.cks[0].data {
+		return // all hole: one hole chunk is right
+	}
+	if len(s.cks) == 1 {
+		s.cks = s.cks[:0]
+	}
+}
+
+// readAt fills buf from the backend; a short read is an I/O error.
+func (c *conn) readAt(buf []byte, off int64) error {
+	n, err := c.be.ReadAt(buf, off)
+	if n == len(buf) {
+		c.bytesRead.Add(uint64(n))
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation.
+func (c *conn) blockStatus(s *slot) {
+	r := &s.req
+	n := int64(r.length)
+	ext := append(s.ext[:0], backend.Extent{Length: n})
+	if c.canExtents {
+		var err error
+		ext, err = c.be.Extents(s.ext[:0], int64(r.offset), n)
+		if err != nil {
+			s.ext = ext[:0]
+			c.replyError(s, c.errno(err, r), err.Error())
+			return
+		}
+	}
+	s.ext = ext[:0]
+	// Clip to the request, merge equal neighbours, bound the count.
+	out := ext[:0]
+	var pos int64
+	for _, e := range ext {
+		if pos >= n || e.Length <= 0 || len(out) == maxDescriptors {
+			break
+		}
+		e.Length = min(e.Length, n-pos)
+		if k := len(out); k > 0 && out[k-1].Flags == e.Flags {
+			out[k-1].Length += e.Length
+		} else {
+			out = append(out, e)
+		}
+		pos += e.Length
+		if r.flags&cmdFlagReqOne != 0 {
+			break
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, backend.Extent{Length: n})
+	}
+	if r.flags&cmdFlagReqOne != 0 {
+		out = out[:1]
+	}
+	size := structReplyLen + 4 + 8*len(out)
+	s.hdr = grow(s.hdr, size)
+	h := s.hdr[:size]
+	putStructReply(h, replyFlagDone, replyTypeBlockStatus, r.handle, uint32(size-structReplyLen))
+	binary.BigEndian.PutUint32(h[20:24], metaContextBaseID)
+	p := h[24:]
+	for _, e := range out {
+		var st uint32
+		if e.Flags&backend.ExtentHole != 0 {
+			st |= stateHole
+		}
+		if e.Flags&backend.ExtentZero != 0 {
+			st |= stateZero
+		}
+		binary.BigEndian.PutUint32(p[0:4], uint32(e.Length))
+		binary.BigEndian.PutUint32(p[4:8], st)
+		p = p[8:]
+	}
+	c.send(s, h)
+}
+
+// replyError sends an error reply: a simple reply, or with structured
+// replies an error chunk carrying msg.
+func (c *conn) replyError(s *slot, errno uint32, msg string) {
+	r := &s.req
+	if !c.structured {
+		s.hdr = grow(s.hdr, simpleReplyLen)
+		putSimpleReply(s.hdr, errno, r.handle)
+		c.send(s, s.hdr[:simpleReplyLen])
+		return
+	}
+	if len(msg) > maxStringLen {
+		msg = msg[:maxStringLen]
+	}
+	size := structReplyLen + 6 + len(msg)
+	s.hdr = grow(s.hdr, size)
+	h := s.hdr[:size]
+	putStructReply(h, replyFlagDone, replyTypeError, r.handle, uint32(size-structReplyLen))
+	binary.BigEndian.PutUint32(h[20:24], errno)
+	binary.BigEndian.PutUint16(h[24:26], uint16(len(msg)))
+	copy(h[26:], msg)
+	c.send(s, h)
+}
+
+// send writes one whole reply made of bufs.
+func (c *conn) send(s *slot, bufs ...[]byte) {
+	s.iov = append(s.iov[:0], bufs...)
+	c.sendIOV(s)
+}
+
+// sendIOV writes the reply in s.iov with a single vectored write.
+func (c *conn) sendIOV(s *slot) {
+	s.nb = s.iov
+	c.wmu.Lock()
+	_, err := s.nb.WriteTo(c.nc)
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(err)
+	}
+}
+
+// fail closes the connection after an unrecoverable error; the reader loop
+// then ends.
+func (c *conn) fail(err error) {
+	if !c.dead.Swap(true) {
+		c.log.Debug("closing connection", "err", err)
+		c.nc.Close()
+	}
+}
+
+// grow returns b with length at least n, reusing its storage when it can.
+func grow(b []byte, n int) []byte {
+	if cap(b) < n {
+		return make([]byte, n, max(n, 64))
+	}
+	return b[:n]
+}

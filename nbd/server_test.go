@@ -1,0 +1,645 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"boardnbd/nbd/backend"
+)
+
+const testSize = 1 << 20
+
+// twoExports serves a writable "disk" and a read-only "ro".
+func twoExports(t testing.TB) (string, *memBackend, *memBackend) {
+	disk, ro := newMem(testSize), newMem(64<<10)
+	roExp := memExport("ro", ro)
+	roExp.ReadOnly = true
+	addr := startServer(t, &Server{}, memExport("disk", disk), roExp)
+	return addr, disk, ro
+}
+
+func TestPlainNewstyleClient(t *testing.T) {
+	// A client that does not know fixed newstyle: flags 0, EXPORT_NAME,
+	// and the 124 zero bytes it expects (busybox nbd-client does this).
+	addr, _, _ := twoExports(t)
+	tc := dial(t, addr)
+	tc.u32(0)
+	tc.opt(optExportName, []byte("disk"))
+	var p [8 + 2 + 124]byte
+	tc.read(p[:])
+	if size := binary.BigEndian.Uint64(p[:]); size != testSize {
+		t.Errorf("EXPORT_NAME size = %d, want %d", size, testSize)
+	}
+	if f := binary.BigEndian.Uint16(p[8:]); f&flagHasFlags == 0 || f&flagReadOnly != 0 {
+		t.Errorf("EXPORT_NAME flags = %#x, want HAS_FLAGS and not READ_ONLY", f)
+	}
+	if !bytes.Equal(p[10:], make([]byte, 124)) {
+		t.Errorf("reserved bytes are not zero: %x", p[10:])
+	}
+	// Transmission works: write then read back, simple replies.
+	tc.request(0, cmdWrite, 1, 512, 4, []byte("abcd"))
+	if e, h := tc.simple(); e != 0 || h != 1 {
+		t.Fatalf("WRITE reply = %d, handle %d", e, h)
+	}
+	tc.request(0, cmdRead, 2, 512, 4, nil)
+	if e, h := tc.simple(); e != 0 || h != 2 {
+		t.Fatalf("READ reply = %d, handle %d", e, h)
+	}
+	var got [4]byte
+	tc.read(got[:])
+	if string(got[:]) != "abcd" {
+		t.Errorf("READ(off=512) = %q, want %q", got, "abcd")
+	}
+	tc.request(0, cmdDisc, 3, 0, 0, nil)
+	tc.closed()
+}
+
+func TestExportNameNoZeroes(t *testing.T) {
+	addr, _, _ := twoExports(t)
+	tc := dialFixed(t, addr)
+	tc.opt(optExportName, []byte("ro"))
+	var p [10]byte
+	tc.read(p[:])
+	if f := binary.BigEndian.Uint16(p[8:]); f&flagReadOnly == 0 {
+		t.Errorf("flags of ro = %#x, want READ_ONLY", f)
+	}
+	// With NO_ZEROES the next bytes are a reply, not padding.
+	tc.request(0, cmdRead, 9, 0, 0, nil)
+	if e, h := tc.simple(); e != 0 || h != 9 {
+		t.Fatalf("READ reply = %d, handle %d", e, h)
+	}
+}
+
+func TestHandshakeViolationsClose(t *testing.T) {
+	addr, _, _ := twoExports(t)
+	tests := []struct {
+		name string
+		send func(tc *tclient)
+	}{
+		{"unknown client flags", func(tc *tclient) { tc.u32(1 << 5) }},
+		{"bad option magic", func(tc *tclient) {
+			tc.u32(flagCFixedNewstyle)
+			tc.write(make([]byte, 16))
+		}},
+		{"option data over 64 KiB", func(tc *tclient) {
+			tc.u32(flagCFixedNewstyle)
+			b := binary.BigEndian.AppendUint64(nil, magicOpt)
+			b = binary.BigEndian.AppendUint32(b, optGo)
+			b = binary.BigEndian.AppendUint32(b, 1<<31)
+			tc.write(b)
+		}},
+		{"EXPORT_NAME of unknown export", func(tc *tclient) {
+			tc.u32(flagCFixedNewstyle)
+			tc.opt(optExportName, []byte("nope"))
+		}},
+		{"ABORT", func(tc *tclient) {
+			tc.u32(flagCFixedNewstyle)
+			tc.opt(optAbort, nil)
+			if r := tc.reply(); r.typ != repAck {
+				tc.t.Errorf("ABORT reply = %#x, want ACK", r.typ)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tc := dial(t, addr)
+			tt.send(tc)
+			tc.closed()
+			// The server serves others on.
+			other := dialFixed(t, addr)
+			if size, _ := other.goExport("disk", false); size != testSize {
+				t.Errorf("after %s: GO size = %d", tt.name, size)
+			}
+		})
+	}
+}
+
+func TestOptionReplies(t *testing.T) {
+	addr, _, _ := twoExports(t)
+	tests := []struct {
+		name string
+		opt  uint32
+		data []byte
+		want uint32 // final reply type
+	}{
+		{"unknown option", 77, []byte("xyz"), repErrUnsup},
+		{"LIST with data", optList, []byte{1}, repErrInvalid},
+		{"STARTTLS without TLS", optStartTLS, nil, repErrPolicy},
+		{"STARTTLS with data", optStartTLS, []byte{1}, repErrInvalid},
+		{"INFO unknown export", optInfo, exportReq("nope"), repErrUnknown},
+		{"GO unknown export", optGo, exportReq("nope"), repErrUnknown},
+		{"INFO truncated", optInfo, []byte{0, 0, 0, 9, 'a'}, repErrInvalid},
+		{"INFO name longer than data", optInfo, []byte{0, 0, 0, 200, 0, 0}, repErrInvalid},
+		{"INFO trailing bytes", optInfo, append(exportReq("disk"), 0), repErrInvalid},
+		{"STRUCTURED_REPLY with data", optStructuredReply, []byte{1}, repErrInvalid},
+		{"SET_META_CONTEXT before structured", optSetMetaContext, metaReq("disk", "base:allocation"), repErrInvalid},
+		{"LIST_META_CONTEXT before structured", optListMetaContext, metaReq("disk"), repErrInvalid},
+		{"INFO default export with two exports", optInfo, exportReq(""), repErrUnknown},
+	}
+	// All on one connection: every error leaves the handshake usable.
+	tc := dialFixed(t, addr)
+	for _, tt := range tests {
+		tc.opt(tt.opt, tt.data)
+		rs := tc.replies(tt.opt)
+		if got := rs[len(rs)-1].typ; got != tt.want {
+			t.Errorf("%s: reply = %#x (%s), want %#x", tt.name, got, rs[len(rs)-1].data, tt.want)
+		}
+	}
+	if size, _ := tc.goExport("disk", false); size != testSize {
+		t.Errorf("GO after errors: size = %d", size)
+	}
+}
+
+func TestList(t *testing.T) {
+	addr, _, _ := twoExports(t)
+	tc := dialFixed(t, addr)
+	tc.opt(optList, nil)
+	rs := tc.replies(optList)
+	var names []string
+	for _, r := range rs[:len(rs)-1] {
+		if r.typ != repServer {
+			t.Fatalf("LIST reply type = %#x", r.typ)
+		}
+		n := binary.BigEndian.Uint32(r.data)
+		names = append(names, string(r.data[4:4+n]))
+		if desc := string(r.data[4+n:]); desc != "test export "+names[len(names)-1] {
+			t.Errorf("LIST description = %q", desc)
+		}
+	}
+	if len(names) != 2 || names[0] != "disk" || names[1] != "ro" {
+		t.Errorf("LIST = %q, want [disk ro]", names)
+	}
+}
+
+func TestInfoThenGoAgree(t *testing.T) {
+	addr, _, _ := twoExports(t)
+	for _, structured := range []bool{false, true} {
+		tc := dialFixed(t, addr)
+		if structured {
+			tc.opt(optStructuredReply, nil)
+			tc.replies(optStructuredReply)
+		}
+		req := exportReq("disk", infoName, infoDescription, infoBlockSize)
+		tc.opt(optInfo, req)
+		info := tc.replies(optInfo)
+		tc.opt(optGo, req)
+		gox := tc.replies(optGo)
+		if len(info) != len(gox) {
+			t.Fatalf("INFO gave %d replies, GO %d", len(info), len(gox))
+		}
+		for i := range info {
+			if info[i].typ != gox[i].typ || !bytes.Equal(info[i].data, gox[i].data) {
+				t.Errorf("structured=%v reply %d: INFO %x, GO %x", structured, i, info[i].data, gox[i].data)
+			}
+		}
+		var sawBlock bool
+		for _, r := range gox {
+			if r.typ == repInfo && binary.BigEndian.Uint16(r.data) == infoBlockSize {
+				sawBlock = true
+				minB, prefB, maxB := binary.BigEndian.Uint32(r.data[2:]), binary.BigEndian.Uint32(r.data[6:]), binary.BigEndian.Uint32(r.data[10:])
+				if minB != 1 || prefB != 4096 || maxB != DefaultMaxPayload {
+					t.Errorf("block sizes = %d/%d/%d, want 1/4096/%d", minB, prefB, maxB, DefaultMaxPayload)
+				}
+			}
+			if r.typ == repInfo && binary.BigEndian.Uint16(r.data) == infoExport {
+				f := binary.BigEndian.Uint16(r.data[10:])
+				if got := f&flagSendDF != 0; got != structured {
+					t.Errorf("SEND_DF = %v with structured=%v", got, structured)
+				}
+				want := flagHasFlags | flagSendFlush | flagSendFUA | flagSendTrim | flagSendWriteZeroes |
+					flagSendFastZero | flagCanMultiConn | flagSendCache
+				if f&want != want {
+					t.Errorf("flags = %#x, want at least %#x", f, want)
+				}
+			}
+		}
+		if !sawBlock {
+			t.Errorf("no NBD_INFO_BLOCK_SIZE reply")
+		}
+	}
+}
+
+func TestMetaContext(t *testing.T) {
+	addr, _, _ := twoExports(t)
+	tc := dialFixed(t, addr)
+	tc.opt(optStructuredReply, nil)
+	tc.replies(optStructuredReply)
+	tests := []struct {
+		opt     uint32
+		data    []byte
+		want    []string
+		wantErr uint32
+	}{
+		{optListMetaContext, metaReq("disk"), []string{"base:allocation"}, 0},
+		{optListMetaContext, metaReq("disk", "base:"), []string{"base:allocation"}, 0},
+		{optListMetaContext, metaReq("disk", "qemu:dirty-bitmap:x"), nil, 0},
+		{optListMetaContext, metaReq("disk", "nocolon"), nil, repErrInvalid},
+		{optListMetaContext, metaReq("nope"), nil, repErrUnknown},
+		{optSetMetaContext, metaReq("disk"), nil, 0},
+		{optSetMetaContext, metaReq("disk", "base:"), nil, 0},
+		{optSetMetaContext, metaReq("disk", "x-foo:bar", "base:allocation"), []string{"base:allocation"}, 0},
+		{optSetMetaContext, []byte{0, 0, 0, 4, 'd', 'i', 's', 'k', 0xff, 0xff, 0xff, 0xff}, nil, repErrInvalid},
+	}
+	for i, tt := range tests {
+		tc.opt(tt.opt, tt.data)
+		rs := tc.replies(tt.opt)
+		last := rs[len(rs)-1]
+		if tt.wantErr != 0 {
+			if last.typ != tt.wantErr {
+				t.Errorf("case %d: final reply = %#x, want %#x", i, last.typ, tt.wantErr)
+			}
+			continue
+		}
+		var got []string
+		for _, r := range rs[:len(rs)-1] {
+			got = append(got, string(r.data[4:]))
+			id := binary.BigEndian.Uint32(r.data)
+			if (tt.opt == optListMetaContext) != (id == 0) {
+				t.Errorf("case %d: context id %d", i, id)
+			}
+		}
+		if last.typ != repAck || len(got) != len(tt.want) || (len(got) > 0 && got[0] != tt.want[0]) {
+			t.Errorf("case %d: contexts = %q (final %#x), want %q", i, got, last.typ, tt.want)
+		}
+	}
+}
+
+// transmissionErrors is the spec's table of request errors.
+func TestTransmissionErrors(t *testing.T) {
+	addr, disk, _ := twoExports(t)
+	disk.failAt = 8192
+	disk.failErr = errInjected
+	tests := []struct {
+		name    string
+		export  string
+		flags   uint16
+		typ     uint16
+		off     uint64
+		length  uint32
+		payload bool
+		want    uint32
+	}{
+		{"write past the end", "disk", 0, cmdWrite, testSize - 2, 4, true, errNoSpc},
+		{"write zeroes past the end", "disk", 0, cmdWriteZeroes, testSize, 1, false, errNoSpc},
+		{"read past the end", "disk", 0, cmdRead, testSize - 2, 4, false, errInval},
+		{"read offset overflow", "disk", 0, cmdRead, 1<<64 - 2, 4, false, errInval},
+		{"trim past the end", "disk", 0, cmdTrim, testSize, 512, false, errInval},
+		{"cache past the end", "disk", 0, cmdCache, testSize, 512, false, errInval},
+		{"write to read-only", "ro", 0, cmdWrite, 0, 4, true, errPerm},
+		{"trim on read-only", "ro", 0, cmdTrim, 0, 4, false, errPerm},
+		{"write zeroes on read-only", "ro", 0, cmdWriteZeroes, 0, 4, false, errPerm},
+		{"write past the end of read-only", "ro", 0, cmdWrite, 1 << 30, 4, true, errPerm},
+		{"unknown command", "disk", 0, 99, 0, 0, false, errInval},
+		{"unknown flag", "disk", 1 << 9, cmdRead, 0, 4, false, errInval},
+		{"DF without structured replies", "disk", cmdFlagDF, cmdRead, 0, 4, false, errInval},
+		{"NO_HOLE on write", "disk", cmdFlagNoHole, cmdWrite, 0, 4, true, errInval},
+		{"REQ_ONE on read", "disk", cmdFlagReqOne, cmdRead, 0, 4, false, errInval},
+		{"block status without meta context", "disk", 0, cmdBlockStatus, 0, 4096, false, errInval},
+		{"read over the maximum", "disk", 0, cmdRead, 0, DefaultMaxPayload + 1, false, errInval},
+		{"backend read failure", "disk", 0, cmdRead, 8192, 512, false, errIO},
+		{"backend write failure", "disk", 0, cmdWrite, 8190, 4, true, errIO},
+		{"backend zero failure", "disk", 0, cmdWriteZeroes, 8192, 4, false, errIO},
+		{"FUA on read is fine", "disk", cmdFlagFUA, cmdRead, 0, 0, false, 0},
+		{"zero-length write", "disk", 0, cmdWrite, testSize, 0, false, 0},
+	}
+	conns := map[string]*tclient{}
+	for _, name := range []string{"disk", "ro"} {
+		tc := dialFixed(t, addr)
+		tc.goExport(name, false)
+		conns[name] = tc
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tc := conns[tt.export]
+			tc.t = t
+			var payload []byte
+			if tt.payload {
+				payload = make([]byte, tt.length)
+			}
+			h := uint64(1000 + i)
+			tc.request(tt.flags, tt.typ, h, tt.off, tt.length, payload)
+			errno, handle := tc.simple()
+			if errno != tt.want || handle != h {
+				t.Fatalf("reply = errno %d handle %d, want errno %d handle %d", errno, handle, tt.want, h)
+			}
+			if tt.typ == cmdRead && errno == 0 {
+				tc.read(make([]byte, tt.length))
+			}
+			// The connection is still usable.
+			tc.request(0, cmdRead, 7, 0, 512, nil)
+			if e, _ := tc.simple(); e != 0 {
+				t.Fatalf("READ after the error = %d", e)
+			}
+			tc.read(make([]byte, 512))
+		})
+	}
+}
+
+func TestStructuredErrorsCarryMessages(t *testing.T) {
+	addr, _, _ := twoExports(t)
+	tc := dialFixed(t, addr)
+	tc.goExport("ro", true)
+	tc.request(0, cmdRead, 5, 1<<20, 512, nil) // past the end of ro
+	cks := tc.chunks()
+	if len(cks) != 1 || cks[0].typ != replyTypeError || cks[0].handle != 5 {
+		t.Fatalf("chunks = %+v, want one error chunk", cks)
+	}
+	p := cks[0].payload
+	if e := binary.BigEndian.Uint32(p); e != errInval {
+		t.Errorf("error = %d, want EINVAL", e)
+	}
+	if n := binary.BigEndian.Uint16(p[4:]); int(n) != len(p)-6 || n == 0 {
+		t.Errorf("message length %d of payload %d", n, len(p))
+	}
+}
+
+func TestViolationsCloseOnlyThatConnection(t *testing.T) {
+	addr, disk, _ := twoExports(t)
+	tests := []struct {
+		name string
+		send func(tc *tclient)
+	}{
+		{"bad request magic", func(tc *tclient) { tc.write(make([]byte, requestLen)) }},
+		{"write payload over the maximum", func(tc *tclient) {
+			// Only the header: the server must not wait for, or
+			// allocate, 4 GiB.
+			tc.request(0, cmdWrite, 1, 0, 1<<32-1, nil)
+		}},
+	}
+	other := dialFixed(t, addr)
+	other.goExport("disk", false)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tc := dialFixed(t, addr)
+			tc.goExport("disk", false)
+			tt.send(tc)
+			tc.closed()
+			other.t = t
+			other.request(0, cmdWrite, 2, 0, 3, []byte("yes"))
+			if e, _ := other.simple(); e != 0 {
+				t.Fatalf("other connection WRITE = %d", e)
+			}
+		})
+	}
+	if string(disk.data[:3]) != "yes" {
+		t.Errorf("data = %q", disk.data[:3])
+	}
+}
+
+func TestStructuredReadWithHoles(t *testing.T) {
+	addr, disk, _ := twoExports(t)
+	copy(disk.data[4096:], bytes.Repeat([]byte{7}, 4096))
+	disk.written[1] = true
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", true)
+
+	tc.request(0, cmdRead, 1, 0, 3*4096, nil)
+	got := make([]byte, 3*4096)
+	var holes, datas int
+	for _, ck := range tc.chunks() {
+		switch ck.typ {
+		case replyTypeOffsetData:
+			off := binary.BigEndian.Uint64(ck.payload)
+			copy(got[off:], ck.payload[8:])
+			datas++
+		case replyTypeOffsetHole:
+			holes++
+			if n := binary.BigEndian.Uint32(ck.payload[8:]); n != 4096 {
+				t.Errorf("hole size = %d", n)
+			}
+		default:
+			t.Fatalf("chunk type %d", ck.typ)
+		}
+	}
+	if holes != 2 || datas != 1 {
+		t.Errorf("READ gave %d hole and %d data chunks, want 2 and 1", holes, datas)
+	}
+	if !bytes.Equal(got, disk.data[:3*4096]) {
+		t.Errorf("READ data differs from the export")
+	}
+
+	// With DF: one data chunk, zeroes included.
+	tc.request(cmdFlagDF, cmdRead, 2, 0, 3*4096, nil)
+	cks := tc.chunks()
+	if len(cks) != 1 || cks[0].typ != replyTypeOffsetData || len(cks[0].payload) != 8+3*4096 {
+		t.Fatalf("DF READ chunks = %d (type %d)", len(cks), cks[0].typ)
+	}
+}
+
+func TestBlockStatus(t *testing.T) {
+	addr, disk, _ := twoExports(t)
+	disk.written[1] = true
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", true)
+	type ext struct{ n, fl uint32 }
+	decode := func(p []byte) (id uint32, es []ext) {
+		id = binary.BigEndian.Uint32(p)
+		for p = p[4:]; len(p) >= 8; p = p[8:] {
+			es = append(es, ext{binary.BigEndian.Uint32(p), binary.BigEndian.Uint32(p[4:])})
+		}
+		return id, es
+	}
+	tc.request(0, cmdBlockStatus, 1, 0, 4*4096, nil)
+	cks := tc.chunks()
+	if len(cks) != 1 || cks[0].typ != replyTypeBlockStatus {
+		t.Fatalf("BLOCK_STATUS chunks = %+v", cks)
+	}
+	id, es := decode(cks[0].payload)
+	want := []ext{{4096, 3}, {4096, 0}, {8192, 3}}
+	if id != metaContextBaseID || len(es) != 3 || es[0] != want[0] || es[1] != want[1] || es[2] != want[2] {
+		t.Errorf("BLOCK_STATUS = id %d %v, want %v", id, es, want)
+	}
+	tc.request(cmdFlagReqOne, cmdBlockStatus, 2, 0, 100, nil)
+	if _, es := decode(tc.chunks()[0].payload); len(es) != 1 || es[0] != (ext{100, 3}) {
+		t.Errorf("BLOCK_STATUS REQ_ONE = %v, want [{100 3}]", es)
+	}
+	tc.request(0, cmdBlockStatus, 3, testSize-512, 1024, nil)
+	if ck := tc.chunks()[0]; ck.typ != replyTypeError || binary.BigEndian.Uint32(ck.payload) != errInval {
+		t.Errorf("BLOCK_STATUS past the end = type %d", ck.typ)
+	}
+}
+
+func TestWriteZeroesTrimFlushFUA(t *testing.T) {
+	addr, disk, _ := twoExports(t)
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.request(cmdFlagFUA, cmdWrite, 1, 0, 8192, bytes.Repeat([]byte{1}, 8192))
+	if e, _ := tc.simple(); e != 0 || disk.flushes != 1 {
+		t.Fatalf("FUA WRITE = %d, flushes %d, want 0 and 1", e, disk.flushes)
+	}
+	tc.request(cmdFlagNoHole, cmdWriteZeroes, 2, 0, 4096, nil)
+	if e, _ := tc.simple(); e != 0 || disk.data[0] != 0 || !disk.written[0] {
+		t.Fatalf("WRITE_ZEROES NO_HOLE = %d, data %d, allocated %v", e, disk.data[0], disk.written[0])
+	}
+	tc.request(0, cmdTrim, 3, 4096, 4096, nil)
+	if e, _ := tc.simple(); e != 0 || disk.written[1] {
+		t.Fatalf("TRIM = %d, still allocated %v", e, disk.written[1])
+	}
+	tc.request(0, cmdFlush, 4, 0, 0, nil)
+	if e, _ := tc.simple(); e != 0 || disk.flushes != 2 {
+		t.Fatalf("FLUSH = %d, flushes %d", e, disk.flushes)
+	}
+	disk.info.CanFastZero = false
+	tc.request(cmdFlagFastZero, cmdWriteZeroes, 5, 0, 4096, nil)
+	if e, _ := tc.simple(); e != errNotSup {
+		t.Fatalf("FAST_ZERO on a slow backend = %d, want ENOTSUP", e)
+	}
+	tc.request(0, cmdCache, 6, 0, 4096, nil)
+	if e, _ := tc.simple(); e != 0 {
+		t.Fatalf("CACHE = %d", e)
+	}
+}
+
+func TestBlockSizeEnforcedWhenNegotiated(t *testing.T) {
+	m := newMem(testSize)
+	m.info.MinBlock = 4096
+	addr := startServer(t, &Server{}, memExport("d", m))
+	strict := dialFixed(t, addr)
+	strict.goExport("d", false, infoBlockSize)
+	strict.request(0, cmdRead, 1, 512, 512, nil)
+	if e, _ := strict.simple(); e != errInval {
+		t.Errorf("unaligned READ after INFO_BLOCK_SIZE = %d, want EINVAL", e)
+	}
+	lax := dialFixed(t, addr)
+	lax.goExport("d", false)
+	lax.request(0, cmdRead, 1, 512, 512, nil)
+	if e, _ := lax.simple(); e != 0 {
+		t.Errorf("unaligned READ without block size negotiation = %d, want 0", e)
+	}
+}
+
+// TestPipelinedOutOfOrder sends many requests before reading any reply; a
+// slow backend for one offset makes replies come back out of order.
+func TestPipelinedOutOfOrder(t *testing.T) {
+	disk := newMem(testSize)
+	slow := &slowBackend{memBackend: disk, slowAt: 0, release: make(chan struct{})}
+	addr := startServer(t, &Server{MaxInFlight: 8}, &Export{
+		Name: "disk",
+		Open: func(net.Addr) (backend.Backend, error) { return slow, nil },
+	})
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.request(0, cmdRead, 0, 0, 512, nil) // blocks in the backend
+	const n = 100
+	for i := 1; i <= n; i++ {
+		tc.request(0, cmdWrite, uint64(i), uint64(i)*512, 512, bytes.Repeat([]byte{byte(i)}, 512))
+	}
+	for i := 1; i <= n; i++ {
+		if e, h := tc.simple(); e != 0 || h == 0 {
+			t.Fatalf("reply %d = errno %d handle %d before the slow read finished", i, e, h)
+		}
+	}
+	close(slow.release)
+	if e, h := tc.simple(); e != 0 || h != 0 {
+		t.Fatalf("slow READ reply = %d, %d", e, h)
+	}
+	tc.read(make([]byte, 512))
+}
+
+type slowBackend struct {
+	*memBackend
+	slowAt  int64
+	entered chan struct{} // if not nil, receives when a slow read starts
+	release chan struct{}
+}
+
+func (s *slowBackend) ReadAt(p []byte, off int64) (int, error) {
+	if off == s.slowAt {
+		if s.entered != nil {
+			s.entered <- struct{}{}
+		}
+		<-s.release
+	}
+	return s.memBackend.ReadAt(p, off)
+}
+
+func TestShutdownDrainsAndAnswersESHUTDOWN(t *testing.T) {
+	disk := newMem(testSize)
+	slow := &slowBackend{memBackend: disk, slowAt: 0, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	s := &Server{Exports: ExportList{{Name: "disk", Open: func(net.Addr) (backend.Backend, error) { return slow, nil }}}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	tc := dialFixed(t, ln.Addr().String())
+	tc.goExport("disk", false)
+	tc.request(0, cmdRead, 1, 0, 512, nil) // in flight during shutdown
+	<-slow.entered
+
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	for !s.shutting.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	tc.request(0, cmdRead, 2, 4096, 512, nil)
+	if e, h := tc.simple(); e != errShutdown || h != 2 {
+		t.Fatalf("request after Shutdown = errno %d handle %d, want ESHUTDOWN", e, h)
+	}
+	close(slow.release)
+	if e, h := tc.simple(); e != 0 || h != 1 {
+		t.Fatalf("in-flight request = errno %d handle %d, want success", e, h)
+	}
+	tc.read(make([]byte, 512))
+	tc.request(0, cmdDisc, 3, 0, 0, nil)
+	tc.closed()
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown = %v", err)
+	}
+	if err := <-served; err != ErrServerClosed {
+		t.Errorf("Serve = %v, want ErrServerClosed", err)
+	}
+	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		t.Errorf("listener still accepts after Shutdown")
+	}
+}
+
+func TestManyClients(t *testing.T) {
+	addr, disk, _ := twoExports(t)
+	var wg sync.WaitGroup
+	const clients = 50
+	for i := range clients {
+		wg.Go(func() {
+			tc := dialFixed(t, addr)
+			tc.goExport("disk", i%2 == 0)
+			off := uint64(i) * 4096
+			tc.request(0, cmdWrite, 1, off, 4096, bytes.Repeat([]byte{byte(i)}, 4096))
+			// Success without payload is a simple reply even with
+			// structured replies negotiated.
+			if e, _ := tc.simple(); e != 0 {
+				t.Errorf("client %d: WRITE = %d", i, e)
+			}
+			tc.request(0, cmdDisc, 2, 0, 0, nil)
+		})
+	}
+	wg.Wait()
+	for i := range clients {
+		if disk.data[i*4096] != byte(i) {
+			t.Errorf("block %d = %d", i, disk.data[i*4096])
+		}
+	}
+}
+
+func TestServeConnInetd(t *testing.T) {
+	// One connection over a socket pair, as inetd or nbdinfo [ CMD ] give.
+	srvSide, cliSide := net.Pipe()
+	s := &Server{Exports: ExportList{memExport("disk", newMem(testSize))}}
+	done := make(chan struct{})
+	go func() { s.ServeConn(srvSide); close(done) }()
+	tc := &tclient{t: t, c: cliSide}
+	tc.br = bufioReader(cliSide)
+	var g [18]byte
+	tc.read(g[:])
+	tc.u32(flagCFixedNewstyle)
+	if size, _ := tc.goExport("", false); size != testSize {
+		t.Errorf("GO default export size = %d", size)
+	}
+	tc.request(0, cmdDisc, 1, 0, 0, nil)
+	<-done
+}
