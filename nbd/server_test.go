@@ -272,8 +272,7 @@ func TestMetaContext(t *testing.T) {
 // transmissionErrors is the spec's table of request errors.
 func TestTransmissionErrors(t *testing.T) {
 	addr, disk, _ := twoExports(t)
-	disk.failAt = 8192
-	disk.failErr = errInjected
+	disk.with(func() { disk.failAt, disk.failErr = 8192, errInjected })
 	tests := []struct {
 		name    string
 		export  string
@@ -386,15 +385,17 @@ func TestViolationsCloseOnlyThatConnection(t *testing.T) {
 			}
 		})
 	}
-	if string(disk.data[:3]) != "yes" {
-		t.Errorf("data = %q", disk.data[:3])
+	if got := disk.bytesAt(0, 3); string(got) != "yes" {
+		t.Errorf("data = %q", got)
 	}
 }
 
 func TestStructuredReadWithHoles(t *testing.T) {
 	addr, disk, _ := twoExports(t)
-	copy(disk.data[4096:], bytes.Repeat([]byte{7}, 4096))
-	disk.written[1] = true
+	disk.with(func() {
+		copy(disk.data[4096:], bytes.Repeat([]byte{7}, 4096))
+		disk.written[1] = true
+	})
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", true)
 
@@ -419,7 +420,7 @@ func TestStructuredReadWithHoles(t *testing.T) {
 	if holes != 2 || datas != 1 {
 		t.Errorf("READ gave %d hole and %d data chunks, want 2 and 1", holes, datas)
 	}
-	if !bytes.Equal(got, disk.data[:3*4096]) {
+	if !bytes.Equal(got, disk.bytesAt(0, 3*4096)) {
 		t.Errorf("READ data differs from the export")
 	}
 
@@ -433,7 +434,7 @@ func TestStructuredReadWithHoles(t *testing.T) {
 
 func TestBlockStatus(t *testing.T) {
 	addr, disk, _ := twoExports(t)
-	disk.written[1] = true
+	disk.with(func() { disk.written[1] = true })
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", true)
 	type ext struct{ n, fl uint32 }
@@ -469,22 +470,22 @@ func TestWriteZeroesTrimFlushFUA(t *testing.T) {
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
 	tc.request(cmdFlagFUA, cmdWrite, 1, 0, 8192, bytes.Repeat([]byte{1}, 8192))
-	if e, _ := tc.simple(); e != 0 || disk.flushes != 1 {
-		t.Fatalf("FUA WRITE = %d, flushes %d, want 0 and 1", e, disk.flushes)
+	if e, _ := tc.simple(); e != 0 || disk.flushCount() != 1 {
+		t.Fatalf("FUA WRITE = %d, flushes %d, want 0 and 1", e, disk.flushCount())
 	}
 	tc.request(cmdFlagNoHole, cmdWriteZeroes, 2, 0, 4096, nil)
-	if e, _ := tc.simple(); e != 0 || disk.data[0] != 0 || !disk.written[0] {
-		t.Fatalf("WRITE_ZEROES NO_HOLE = %d, data %d, allocated %v", e, disk.data[0], disk.written[0])
+	if e, _ := tc.simple(); e != 0 || disk.bytesAt(0, 1)[0] != 0 || !disk.allocated(0) {
+		t.Fatalf("WRITE_ZEROES NO_HOLE = %d, data %d, allocated %v", e, disk.bytesAt(0, 1)[0], disk.allocated(0))
 	}
 	tc.request(0, cmdTrim, 3, 4096, 4096, nil)
-	if e, _ := tc.simple(); e != 0 || disk.written[1] {
-		t.Fatalf("TRIM = %d, still allocated %v", e, disk.written[1])
+	if e, _ := tc.simple(); e != 0 || disk.allocated(1) {
+		t.Fatalf("TRIM = %d, still allocated %v", e, disk.allocated(1))
 	}
 	tc.request(0, cmdFlush, 4, 0, 0, nil)
-	if e, _ := tc.simple(); e != 0 || disk.flushes != 2 {
-		t.Fatalf("FLUSH = %d, flushes %d", e, disk.flushes)
+	if e, _ := tc.simple(); e != 0 || disk.flushCount() != 2 {
+		t.Fatalf("FLUSH = %d, flushes %d", e, disk.flushCount())
 	}
-	disk.info.CanFastZero = false
+	disk.with(func() { disk.info.CanFastZero = false })
 	tc.request(cmdFlagFastZero, cmdWriteZeroes, 5, 0, 4096, nil)
 	if e, _ := tc.simple(); e != errNotSup {
 		t.Fatalf("FAST_ZERO on a slow backend = %d, want ENOTSUP", e)
@@ -620,8 +621,8 @@ func TestManyClients(t *testing.T) {
 	}
 	wg.Wait()
 	for i := range clients {
-		if disk.data[i*4096] != byte(i) {
-			t.Errorf("block %d = %d", i, disk.data[i*4096])
+		if got := disk.bytesAt(i*4096, 1)[0]; got != byte(i) {
+			t.Errorf("block %d = %d", i, got)
 		}
 	}
 }
