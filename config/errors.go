@@ -1,0 +1,72 @@
+package config
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// An Error is one problem in a configuration, located as precisely as the
+// source allows.
+type Error struct {
+	File string // file name given to Parse; "" for a Config built in code
+	Line int    // 1-based line in File; 0 if unknown
+	Key  string // dotted path of the offending key, e.g. "exports[1].allow[0]"; "" for the whole file
+	Msg  string // what is wrong, naming the value
+}
+
+// Error formats e as "file:line: key: msg", leaving out the parts that are
+// unknown.
+func (e *Error) Error() string {
+	var b strings.Builder
+	switch {
+	case e.File != "" && e.Line > 0:
+		b.WriteString(e.File + ":" + strconv.Itoa(e.Line) + ": ")
+	case e.File != "":
+		b.WriteString(e.File + ": ")
+	case e.Line > 0:
+		b.WriteString("line " + strconv.Itoa(e.Line) + ": ")
+	}
+	if e.Key != "" {
+		b.WriteString(e.Key + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Errors is every problem found in one configuration, in line order.
+// Parse, Load and Validate return it as their error, never empty.
+type Errors []*Error
+
+// Error formats the problems one per line.
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap returns the problems, so errors.As can find an *Error.
+func (es Errors) Unwrap() []error {
+	errs := make([]error, len(es))
+	for i, e := range es {
+		errs[i] = e
+	}
+	return errs
+}
+
+// sortByLine orders problems by line, problems without a line first, and
+// keeps the order of problems on the same line.
+func (es Errors) sortByLine() {
+	sort.SliceStable(es, func(i, j int) bool { return es[i].Line < es[j].Line })
+}
+
+// err returns es as an error, or nil if there are no problems. It exists
+// so that an empty Errors never becomes a non-nil error interface.
+func (es Errors) err() error {
+	if len(es) == 0 {
+		return nil
+	}
+	return es
+}
