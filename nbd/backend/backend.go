@@ -16,7 +16,9 @@ import (
 // Every method may be called from several goroutines at once. Offsets and
 // lengths passed in are already checked against Size by the caller.
 type Backend interface {
-	// ReadAt and WriteAt follow io.ReaderAt and io.WriterAt.
+	// ReadAt and WriteAt follow io.ReaderAt and io.WriterAt. Errors of
+	// storage that has gone away wrap ErrUnavailable; other I/O errors
+	// (EIO) are returned as the system gave them.
 	ReadAt(p []byte, off int64) (int, error)
 	WriteAt(p []byte, off int64) (int, error)
 
@@ -28,7 +30,8 @@ type Backend interface {
 	Flush() error
 
 	// Trim hints that [off, off+length) is no longer needed. The contents
-	// of the range are undefined afterwards.
+	// of the range are undefined afterwards. A backend that cannot release
+	// space (Info.CanTrim false) does nothing and returns nil.
 	Trim(off, length int64) error
 
 	// Zero makes [off, off+length) read as zeroes. With ZeroNoHole the
@@ -106,4 +109,7 @@ var (
 	ErrReadOnly = errors.New("backend: read-only")
 	// ErrUnavailable: the storage has gone away (a device unplugged).
 	ErrUnavailable = errors.New("backend: storage unavailable")
+	// ErrInUse: Open refused a block device that is mounted or held by
+	// another program (see Options.AllowInUse).
+	ErrInUse = errors.New("backend: storage in use")
 )

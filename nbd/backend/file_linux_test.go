@@ -1,0 +1,193 @@
+package backend
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// fsDirs returns directories on the file systems worth testing: the test's
+// temporary directory (ext4 here) and tmpfs, which lacks ZERO_RANGE.
+func fsDirs(t *testing.T) map[string]string {
+	dirs := map[string]string{"tempdir": t.TempDir()}
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		d, err := os.MkdirTemp("/dev/shm", "boardnbd-test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		dirs["tmpfs"] = d
+	}
+	return dirs
+}
+
+// allocated returns the bytes the file system allocated for path.
+func allocated(t *testing.T, path string) int64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// extents returns all extents of [off, off+length), calling Extents until
+// the range is covered.
+func extents(t *testing.T, b Backend, off, length int64) []Extent {
+	t.Helper()
+	var all []Extent
+	for end := off + length; off < end; {
+		got, err := b.Extents(nil, off, end-off)
+		if err != nil || len(got) == 0 {
+			t.Fatalf("Extents(off=%d, len=%d) = %v, %v", off, end-off, got, err)
+		}
+		for _, e := range got {
+			if n := len(all); n > 0 && all[n-1].Flags == e.Flags {
+				all[n-1].Length += e.Length
+			} else {
+				all = append(all, e)
+			}
+			off += e.Length
+		}
+	}
+	return all
+}
+
+const hole = ExtentHole | ExtentZero
+
+func TestFileHoles(t *testing.T) {
+	const size = 1 << 20
+	for name, dir := range fsDirs(t) {
+		t.Run(name, func(t *testing.T) {
+			path := newImage(t, dir, size)
+			f := openT(t, path, Options{})
+			info := f.Info()
+			if !info.CanTrim || !info.CanFastZero || !info.CanExtents || !info.SharedCache {
+				t.Fatalf("Info() = %+v, want CanTrim, CanFastZero, CanExtents, SharedCache", info)
+			}
+			if got := extents(t, f, 0, size); !reflect.DeepEqual(got, []Extent{{size, hole}}) {
+				t.Errorf("Extents of a new sparse file = %v, want one hole", got)
+			}
+			if _, err := f.WriteAt(pattern(size, 9), 0); err != nil {
+				t.Fatal(err)
+			}
+			if got := extents(t, f, 0, size); !reflect.DeepEqual(got, []Extent{{size, 0}}) {
+				t.Errorf("Extents of a written file = %v, want one data extent", got)
+			}
+
+			// Each step zeroes [off, off+n) of the written file. Ranges
+			// zeroed without ZeroNoHole must become holes; with it the
+			// allocation must stay (tmpfs lists allocated but unwritten
+			// pages as holes, so only the allocation is checked).
+			steps := []struct {
+				name   string
+				do     func() error
+				off, n int64
+				noHole bool
+			}{
+				{"Trim", func() error { return f.Trim(64<<10, 64<<10) }, 64 << 10, 64 << 10, false},
+				{"Zero", func() error { return f.Zero(256<<10, 64<<10, 0) }, 256 << 10, 64 << 10, false},
+				{"Zero NoHole", func() error { return f.Zero(512<<10, 64<<10, ZeroNoHole) }, 512 << 10, 64 << 10, true},
+				{"Zero Fast", func() error { return f.Zero(768<<10, 64<<10, ZeroFast) }, 768 << 10, 64 << 10, false},
+				{"Zero Fast NoHole", func() error { return f.Zero(0, 4096, ZeroFast|ZeroNoHole) }, 0, 4096, true},
+			}
+			for _, s := range steps {
+				before := allocated(t, path)
+				if err := s.do(); err != nil {
+					t.Fatalf("%s(off=%d, len=%d) = %v, want nil", s.name, s.off, s.n, err)
+				}
+				if got := readBack(t, f, s.off, int(s.n)); !bytes.Equal(got, make([]byte, s.n)) {
+					t.Errorf("ReadAt(off=%d) after %s = not zeroes", s.off, s.name)
+				}
+				after := allocated(t, path)
+				if s.noHole {
+					if after != before {
+						t.Errorf("allocated bytes after %s = %d, want %d as before", s.name, after, before)
+					}
+					continue
+				}
+				if after != before-s.n {
+					t.Errorf("allocated bytes after %s = %d, want %d", s.name, after, before-s.n)
+				}
+				if got := extents(t, f, s.off, s.n); !reflect.DeepEqual(got, []Extent{{s.n, hole}}) {
+					t.Errorf("Extents(off=%d, len=%d) after %s = %v, want one hole", s.off, s.n, s.name, got)
+				}
+			}
+			want := []Extent{{64 << 10, 0}, {64 << 10, hole}, {128 << 10, 0}, {64 << 10, hole}, {448 << 10, 0}, {64 << 10, hole}, {size - 832<<10, 0}}
+			if got := extents(t, f, 4096, size-4096); name != "tmpfs" && !reflect.DeepEqual(got, append([]Extent{{60 << 10, 0}}, want[1:]...)) {
+				t.Errorf("Extents(off=4096) at the end = %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+func TestFileExtentsBounded(t *testing.T) {
+	const n = 3 * maxExtents // data blocks, each followed by a hole
+	const size = 2 * n * 4096
+	f := openT(t, newImage(t, t.TempDir(), size), Options{})
+	var want []Extent
+	for i := int64(0); i < n; i++ {
+		if _, err := f.WriteAt(pattern(4096, byte(i)), 2*i*4096); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, Extent{4096, 0}, Extent{4096, hole})
+	}
+	got, err := f.Extents(nil, 0, size)
+	if err != nil || len(got) == 0 || len(got) > maxExtents {
+		t.Fatalf("Extents(off=0, len=%d) = %d extents, %v, want 1 to %d", size, len(got), err, maxExtents)
+	}
+	if all := extents(t, f, 0, size); !reflect.DeepEqual(all, want) {
+		t.Errorf("Extents over %d alternating blocks = %d extents, want %d", n, len(all), len(want))
+	}
+	// An unaligned query starts and ends where asked.
+	got, err = f.Extents([]Extent{{1, 0}}, 100, 4096)
+	if wantU := []Extent{{1, 0}, {3996, 0}, {100, hole}}; err != nil || !reflect.DeepEqual(got, wantU) {
+		t.Errorf("Extents(dst=[1 data], off=100, len=4096) = %v, %v, want %v", got, err, wantU)
+	}
+}
+
+func TestOpenCreateSparse(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "new.img")
+	f := openT(t, path, Options{Create: 8 << 30})
+	if got := allocated(t, path); got != 0 {
+		t.Errorf("Open(Create: 8 GiB) allocated %d bytes, want 0", got)
+	}
+	if got := extents(t, f, 0, f.Size()); !reflect.DeepEqual(got, []Extent{{8 << 30, hole}}) {
+		t.Errorf("Extents of a created file = %v, want one hole", got)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("created file mode = %v, %v, want 0600", st.Mode(), err)
+	}
+}
+
+func TestOpenNotStorage(t *testing.T) {
+	dir := t.TempDir()
+	for _, path := range []string{dir, "/dev/null"} {
+		if f, err := Open(path, Options{}); err == nil {
+			f.Close()
+			t.Errorf("Open(%s) = nil error, want neither file nor block device", path)
+		}
+	}
+}
+
+func TestFileSymlink(t *testing.T) {
+	dir := t.TempDir()
+	path := newImage(t, dir, 4096)
+	link := filepath.Join(dir, "by-id")
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	d := openT(t, link, Options{}).Describe()
+	want, _ := filepath.EvalSymlinks(path)
+	if d.Path != link || d.ResolvedPath != want {
+		t.Errorf("Describe() paths = %q, %q, want %q, %q", d.Path, d.ResolvedPath, link, want)
+	}
+	if s := fmt.Sprint(d.Kind); s != "image file" {
+		t.Errorf("Kind = %q, want %q", s, "image file")
+	}
+}
