@@ -58,8 +58,6 @@ func extents(t *testing.T, b Backend, off, length int64) []Extent {
 	return all
 }
 
-const hole = ExtentHole | ExtentZero
-
 func TestFileHoles(t *testing.T) {
 	const size = 1 << 20
 	for name, dir := range fsDirs(t) {
