@@ -167,7 +167,7 @@ func Parse(data []byte, filename string) (*Config, error) {
 	}
 	c := defaults()
 	c.File = filename
-	d := newDecoder(filename)
+	d := newDecoder(filename, len(data))
 	d.config(root, c)
 	c.pos = d.pos
 	if c.versionSet && c.Version != 1 {
@@ -175,15 +175,15 @@ func Parse(data []byte, filename string) (*Config, error) {
 		// for that version, so complaining about them helps nobody.
 		return nil, Errors{c.versionError()}
 	}
-	errs = d.errs
-	for _, e := range c.validate() {
-		if !d.failed(e.Key) {
-			errs = append(errs, e)
-		}
+	errs, dropped := d.errs, d.dropped
+	if !d.hopeless {
+		verrs, vdropped := c.validate(d.failed)
+		errs = append(errs, verrs...)
+		dropped += vdropped
 	}
 	if len(errs) > 0 {
 		errs.sortByLine()
-		return nil, errs
+		return nil, errs.limit(filename, dropped)
 	}
 	return c, nil
 }

@@ -19,9 +19,11 @@ const (
 	strTag   = "!!str"
 )
 
-// maxNodes bounds the nodes the decoder visits after following aliases,
-// so that a small file of nested aliases cannot make it work for ever.
-const maxNodes = 1 << 20
+// The decoder visits each node of a file without aliases about once, and
+// a file has fewer nodes than bytes. Aliases can make it visit a node many
+// times; maxNodes bounds the visits so that work grows with the file, not
+// with its square.
+func maxNodes(fileSize int) int { return 1<<16 + 2*fileSize }
 
 // A decoder walks a YAML node tree into a Config, collecting every problem
 // instead of stopping at the first.
@@ -32,8 +34,15 @@ type decoder struct {
 	bad    map[string]bool        // key paths already reported
 	merged map[*yaml.Node][]field // mapping → its fields after merge keys
 	busy   map[*yaml.Node]bool    // mappings whose merges are being expanded
-	nodes  int                    // nodes visited, against maxNodes
-	null   *yaml.Node             // stands in for every node once nodes is spent
+	nodes  int                    // nodes visited, against limit
+	limit  int                    // maxNodes of the file
+	// dropped counts the problems past maxProblems.
+	dropped int
+	// hopeless is set when the document is not a mapping or is too
+	// big: checking the values that could be decoded would only add
+	// noise.
+	hopeless bool
+	null     *yaml.Node // stands in for every node once nodes is spent
 }
 
 // A field is one key of a mapping and its value.
@@ -43,9 +52,10 @@ type field struct {
 	val  *yaml.Node
 }
 
-func newDecoder(file string) *decoder {
+func newDecoder(file string, size int) *decoder {
 	return &decoder{
 		file:   file,
+		limit:  maxNodes(size),
 		pos:    make(map[string]int),
 		bad:    make(map[string]bool),
 		merged: make(map[*yaml.Node][]field),
@@ -55,8 +65,17 @@ func newDecoder(file string) *decoder {
 }
 
 func (d *decoder) errorf(line int, key, format string, args ...any) {
+	if d.nodes > d.limit {
+		return // everything is null now: not the file's problem
+	}
+	if key != "" {
+		d.bad[key] = true
+	}
+	if len(d.errs) >= maxProblems {
+		d.dropped++
+		return
+	}
 	d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
-	d.bad[key] = true
 }
 
 // failed reports whether key, or a key that contains it, already has a
@@ -81,11 +100,12 @@ func (d *decoder) resolve(n *yaml.Node) *yaml.Node {
 	for n != nil && n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
-	d.nodes++
-	if d.nodes == maxNodes {
-		d.errorf(line, "", "aliases expand to more than %d values", maxNodes)
+	if d.nodes++; d.nodes == d.limit {
+		d.errorf(line, "", "aliases expand to more than %d values", d.limit)
+		d.hopeless = true
+		d.nodes++
 	}
-	if n == nil || d.nodes >= maxNodes {
+	if n == nil || d.nodes > d.limit {
 		return d.null
 	}
 	return n
@@ -389,6 +409,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 	}
 	if r := d.resolve(n); !isNull(r) {
 		d.pos[""] = r.Line
+		d.hopeless = r.Kind != yaml.MappingNode
 	}
 	for _, f := range d.mapping(n, "", "a mapping of settings starting with version: 1",
 		"version", "listen", "discovery", "limits", "log", "exports") {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -60,6 +61,23 @@ func (es Errors) Unwrap() []error {
 // keeps the order of problems on the same line.
 func (es Errors) sortByLine() {
 	sort.SliceStable(es, func(i, j int) bool { return es[i].Line < es[j].Line })
+}
+
+// maxProblems is the most problems reported at once. A file with more is
+// likely not a configuration file, or has one mistake repeated.
+const maxProblems = 100
+
+// limit cuts es to maxProblems, and says how many problems it left out
+// beyond those already dropped.
+func (es Errors) limit(file string, dropped int) Errors {
+	if len(es) > maxProblems {
+		dropped += len(es) - maxProblems
+		es = es[:maxProblems]
+	}
+	if dropped > 0 {
+		es = append(es, &Error{File: file, Msg: fmt.Sprintf("and %d more problems", dropped)})
+	}
+	return es
 }
 
 // err returns es as an error, or nil if there are no problems. It exists

@@ -17,15 +17,25 @@ import (
 // name the lines Parse saw, and no line for values set in code. Validate
 // does not change c.
 func (c *Config) Validate() error {
-	return c.validate().err()
+	errs, dropped := c.validate(nil)
+	return errs.limit(c.File, dropped).err()
 }
 
 type validator struct {
-	c    *Config
-	errs Errors
+	c       *Config
+	skip    func(key string) bool // problems already reported by Parse
+	errs    Errors
+	dropped int // problems past maxProblems
 }
 
 func (v *validator) errorf(line int, key, format string, args ...any) {
+	if v.skip != nil && v.skip(key) {
+		return
+	}
+	if len(v.errs) >= maxProblems {
+		v.dropped++
+		return
+	}
 	v.errs = append(v.errs, &Error{File: v.c.File, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
 }
 
@@ -34,10 +44,13 @@ func (v *validator) at(key, format string, args ...any) {
 	v.errorf(v.c.line(key), key, format, args...)
 }
 
-func (c *Config) validate() Errors {
-	v := &validator{c: c}
+// validate returns the first maxProblems problems and how many more there
+// are, leaving out those with keys that skip reports.
+func (c *Config) validate(skip func(key string) bool) (Errors, int) {
+	v := &validator{c: c, skip: skip}
 	if c.Version != 1 {
-		v.errs = append(v.errs, c.versionError())
+		e := c.versionError()
+		v.errorf(e.Line, e.Key, "%s", e.Msg)
 	}
 	v.listen()
 	v.discovery()
@@ -45,7 +58,7 @@ func (c *Config) validate() Errors {
 	v.log()
 	v.exports()
 	v.errs.sortByLine()
-	return v.errs
+	return v.errs, v.dropped
 }
 
 func (c *Config) versionError() *Error {
