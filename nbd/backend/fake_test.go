@@ -141,7 +141,7 @@ func (m *memBackend) Extents(dst []Extent, off, length int64) ([]Extent, error) 
 func (m *memBackend) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.record("Close()")
+	err := m.record("Close()")
 	m.closed = true
-	return nil
+	return err
 }
