@@ -393,7 +393,7 @@ func (d *decoder) strings(n *yaml.Node, path, want string, out *[]string) {
 	if items == nil {
 		return
 	}
-	*out = make([]string, 0, len(items))
+	*out = nil // [] is the same as no list, but replaces the default
 	for i, it := range items {
 		key := index(path, i)
 		d.pos[key] = it.Line
@@ -571,7 +571,7 @@ func (d *decoder) allow(n *yaml.Node, path string, out *[]netip.Prefix) {
 	if items == nil {
 		return
 	}
-	*out = make([]netip.Prefix, 0, len(items))
+	*out = nil
 	for i, it := range items {
 		key := index(path, i)
 		d.pos[key] = it.Line

@@ -53,7 +53,16 @@
 // boolean is wanted. A key set to null (written as ~ or left empty) keeps
 // its default. String keys take any scalar as written, so name: 010 is the
 // export "010". Anchors, aliases and merge keys (<<) work as YAML defines
-// them, which lets many exports share one block of settings.
+// them, which lets many exports share one block of settings; top-level
+// keys that start with "x-" are ignored, to give such blocks a home:
+//
+//	x-board: &board
+//	  readonly: true
+//	  allow: [10.0.0.0/8]
+//	exports:
+//	  - <<: *board
+//	    name: rootfs
+//	    path: /dev/mmcblk0p2
 //
 // # Sizes and durations
 //
@@ -82,8 +91,12 @@
 // # Errors
 //
 // Parse, Load and Validate report all problems at once as [Errors], one
-// [Error] per problem, each naming the file, the line, the key and the
-// value, e.g.
+// [Error] per problem in line order, each naming the file, the line, the
+// key and the value, e.g.
 //
 //	config.yaml:7: exports[1].allow[0]: "10.0.0.0/33" is not a CIDR prefix (want e.g. 10.0.0.0/8)
+//
+// A problem that follows from another is not reported again (a name that
+// is a list is not also missing), and past 100 problems the rest are only
+// counted. A file with a version other than 1 gets that one problem.
 package config

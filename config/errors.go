@@ -57,10 +57,49 @@ func (es Errors) Unwrap() []error {
 	return errs
 }
 
-// sortByLine orders problems by line, problems without a line first, and
-// keeps the order of problems on the same line.
+// sortByLine orders problems by line, problems without a line first.
+// Problems on one line, as in a flow list, go by key, with indexes in
+// numeric order: allow[2] before allow[10].
 func (es Errors) sortByLine() {
-	sort.SliceStable(es, func(i, j int) bool { return es[i].Line < es[j].Line })
+	sort.SliceStable(es, func(i, j int) bool {
+		if es[i].Line != es[j].Line {
+			return es[i].Line < es[j].Line
+		}
+		return keyLess(es[i].Key, es[j].Key)
+	})
+}
+
+// keyLess compares keys as text, except that runs of digits compare as
+// numbers.
+func keyLess(a, b string) bool {
+	for a != "" && b != "" {
+		da, db := digits(a), digits(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if len(na) != len(nb) {
+				return len(na) < len(nb)
+			}
+			if na != nb {
+				return na < nb
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return a[0] < b[0]
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) < len(b)
+}
+
+// digits returns the length of the run of ASCII digits that starts s.
+func digits(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
 }
 
 // maxProblems is the most problems reported at once. A file with more is

@@ -724,3 +724,39 @@ func TestErrorString(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyLess(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"exports[0].allow[2]", "exports[0].allow[10]", true},
+		{"exports[0].allow[10]", "exports[0].allow[2]", false},
+		{"exports[2].name", "exports[10].name", true},
+		{"exports[1].name", "exports[1].path", true},
+		{"listen[0]", "listen[0]", false},
+		{"", "version", true},
+		{"log", "log.level", true},
+	}
+	for _, tt := range tests {
+		if got := keyLess(tt.a, tt.b); got != tt.want {
+			t.Errorf("keyLess(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// TestParseOneLineOrder checks that problems in one flow list come in list
+// order, whichever stage found them.
+func TestParseOneLineOrder(t *testing.T) {
+	in := "version: 1\nexports: [{name: a, path: /a, allow: [10.0.0.1/8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10.0.0.0/33]}]\n"
+	_, err := Parse([]byte(in), "c.yaml")
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 11 {
+		t.Fatalf("Parse(%q) error = %v, want 11 problems", in, err)
+	}
+	for i, e := range errs {
+		if want := fmt.Sprintf("exports[0].allow[%d]", i); e.Key != want {
+			t.Errorf("Parse(%q) problem %d is %q, want %q", in, i, e.Key, want)
+		}
+	}
+}
