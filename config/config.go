@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -170,6 +171,7 @@ func Parse(data []byte, filename string) (*Config, error) {
 	d := newDecoder(filename, len(data))
 	d.config(root, c)
 	c.pos = d.pos
+	c.resolvePaths(filepath.Dir(filename))
 	if c.versionSet && c.Version != 1 {
 		// A file from a newer boardnbd: its other keys are likely fine
 		// for that version, so complaining about them helps nobody.
@@ -221,6 +223,26 @@ func parseYAML(data []byte, filename string) (*yaml.Node, Errors) {
 		return doc.Content[0], nil
 	}
 	return nil, nil
+}
+
+// resolvePaths makes the relative paths of the exports relative to dir, the
+// directory of the file, rather than to the working directory.
+func (c *Config) resolvePaths(dir string) {
+	if dir == "." {
+		return
+	}
+	// dir goes into a pattern where % is special.
+	dir = strings.ReplaceAll(dir, "%", "%%")
+	rel := func(p string) string {
+		if p == "" || strings.HasPrefix(p, "/") || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	for i := range c.Exports {
+		e := &c.Exports[i]
+		e.Path, e.Overlay = rel(e.Path), rel(e.Overlay)
+	}
 }
 
 // line returns the line of key, or of its nearest parent that Parse saw,

@@ -430,3 +430,34 @@ func TestParseLargeFile(t *testing.T) {
 		t.Errorf("Parse(%d bytes without aliases) = %d problems, last %v, want %d and then \"and 200100 more problems\"", len(in), len(errs), errs[len(errs)-1], maxProblems)
 	}
 }
+
+func TestParseRelativePaths(t *testing.T) {
+	in := `version: 1
+exports:
+  - name: a
+    path: images/%s.img
+    copy_on_write: persistent
+    overlay: ../overlays/%s.overlay
+  - name: b
+    path: /dev/sda
+`
+	tests := []struct {
+		file          string
+		path, overlay string
+	}{
+		{"/etc/boardnbd/boardnbd.yaml", "/etc/boardnbd/images/%s.img", "/etc/overlays/%s.overlay"},
+		{"boardnbd.yaml", "images/%s.img", "../overlays/%s.overlay"},
+		{"conf/boardnbd.yaml", "conf/images/%s.img", "overlays/%s.overlay"},
+		{"/srv/100%/boardnbd.yaml", "/srv/100%%/images/%s.img", "/srv/overlays/%s.overlay"},
+	}
+	for _, tt := range tests {
+		c, err := Parse([]byte(in), tt.file)
+		if err != nil {
+			t.Fatalf("Parse(%q) error = %v", tt.file, err)
+		}
+		a, b := c.Exports[0], c.Exports[1]
+		if a.Path != tt.path || a.Overlay != tt.overlay || b.Path != "/dev/sda" {
+			t.Errorf("Parse(%q) paths = %q, %q, %q; want %q, %q, %q", tt.file, a.Path, a.Overlay, b.Path, tt.path, tt.overlay, "/dev/sda")
+		}
+	}
+}

@@ -31,7 +31,7 @@
 //	  format: text              # text | json
 //	exports:                    # may be empty: exports can arrive by reload
 //	  - name: rootfs            # required, unique, 1 to 4096 bytes of UTF-8, no NUL
-//	    path: /dev/mmcblk0p2    # required, absolute
+//	    path: /dev/mmcblk0p2    # required; relative to this file's directory
 //	    description: ""
 //	    readonly: false
 //	    size: 0                 # 0: to the end of the file or device
@@ -78,6 +78,11 @@
 // "1h30m"); the integer 0 is accepted as "0s".
 //
 // # Paths
+//
+// A relative path or overlay is relative to the directory of the file, not
+// to where boardnbd happens to start, and Parse makes it so: with
+// /etc/boardnbd/boardnbd.yaml, path: images/a.img becomes
+// /etc/boardnbd/images/a.img. Paths set in code are left as they are.
 //
 // path and overlay may contain one %s, replaced by the address of the
 // client (see [Export.PathFor]), so that each board gets its own image;

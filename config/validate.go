@@ -5,7 +5,6 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -335,17 +334,9 @@ func (ev *exportValidator) pathPattern(field, p string) {
 	switch n, bad := scanPattern(p); {
 	case strings.Contains(p, "\x00"):
 		ev.errorf(field, "%s contains a NUL byte", quote(p))
-	case !isAbs(p):
-		ev.errorf(field, "%s is not an absolute path", quote(p))
 	case bad != "":
 		ev.errorf(field, "%s has %q; only one %%s (the client's address) and %%%% (a literal %%) may follow %%", quote(p), bad)
 	case n > 1:
 		ev.errorf(field, "%s has %d %%s; at most one is allowed (the client's address)", quote(p), n)
 	}
-}
-
-// isAbs reports whether p is absolute, on the boards (Linux) or on the
-// machine that checks the file.
-func isAbs(p string) bool {
-	return strings.HasPrefix(p, "/") || filepath.IsAbs(p)
 }
