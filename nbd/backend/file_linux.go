@@ -72,7 +72,7 @@ func (f *File) openImage(path string, opts Options) error {
 		f.desc.ReadOnlyReason = "the file system is mounted read-only"
 	}
 	if err != nil {
-		return fmt.Errorf("backend: %w", err)
+		return openError(err, opts)
 	}
 	f.f = fh
 	f.desc.ReadOnly = f.desc.ReadOnlyReason != ""
@@ -140,7 +140,7 @@ func (f *File) openBlock(path string, opts Options) error {
 			ErrInUse, path, unix.EBUSY)
 	}
 	if err != nil {
-		return fmt.Errorf("backend: %w", ioError(err))
+		return openError(ioError(err), opts)
 	}
 	fail := func(format string, args ...any) error {
 		fh.Close()
@@ -216,6 +216,14 @@ func (f *File) openBlock(path string, opts Options) error {
 		f.info.CanFastZero = f.sys.writeZeroes
 	}
 	return nil
+}
+
+// openError explains a failed open, with a hint where the user can help.
+func openError(err error, opts Options) error {
+	if !opts.ReadOnly && (errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM)) {
+		return fmt.Errorf("backend: %w (to export it read-only, set read_only: true)", err)
+	}
+	return fmt.Errorf("backend: %w", err)
 }
 
 // sysfsQueue reads a number from the block device's queue directory in

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -187,5 +189,26 @@ func TestFileSymlink(t *testing.T) {
 	}
 	if s := fmt.Sprint(d.Kind); s != "image file" {
 		t.Errorf("Kind = %q, want %q", s, "image file")
+	}
+}
+
+func TestOpenNotWritable(t *testing.T) {
+	path := newImage(t, t.TempDir(), 4096)
+	// Root may write any mode; only an immutable file stops it.
+	if os.Geteuid() == 0 {
+		if out, err := exec.Command("chattr", "+i", path).CombinedOutput(); err != nil {
+			t.Skipf("chattr +i: %v: %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("chattr", "-i", path).Run() })
+	} else if err := os.Chmod(path, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(path, Options{})
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "read_only: true") {
+		t.Errorf("Open(not writable) = %v, want an error naming the file and read_only: true", err)
+	}
+	f := openT(t, path, Options{ReadOnly: true})
+	if _, err := f.ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Errorf("ReadAt(off=0) read-only = %v", err)
 	}
 }
