@@ -155,7 +155,8 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes a configuration, applies defaults and validates it.
-// filename is used only in messages, and kept in Config.File. On any
+// filename is used in messages and kept in Config.File; its directory is
+// where relative paths of exports start. Parse reads no file. On any
 // problem Parse returns a nil *Config and an error of type Errors that
 // lists every problem found, in line order.
 func Parse(data []byte, filename string) (*Config, error) {

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -183,7 +184,7 @@ func (d *decoder) mapping(n *yaml.Node, path, want string, known ...string) []fi
 		if path == "" && strings.HasPrefix(f.name, "x-") {
 			continue // a place for anchors, as in Compose files
 		}
-		if !contains(known, f.name) {
+		if !slices.Contains(known, f.name) {
 			d.errorf(f.key.Line, key, "unknown key%s", suggest(f.name, known))
 			continue
 		}
@@ -191,15 +192,6 @@ func (d *decoder) mapping(n *yaml.Node, path, want string, known ...string) []fi
 		out = append(out, f)
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // maxMergeDepth bounds merge keys inside merged mappings.

@@ -69,6 +69,8 @@ version: 1
 `, 2, "", "second YAML document"},
 	{"scalar file", "hello\n", 1, "", `got string "hello"`},
 	{"list file", "- version: 1\n", 1, "", "got a list"},
+	{"CR line ends", "\r\r00", 3, "", "got integer 00"}, // found by FuzzParse
+	{"CR line ends in a file", "version: 1\rlog:\r  level: loud\r", 3, "log.level", "unknown level"},
 	{"repeated key", `version: 1
 log: {level: info}
 version: 1

@@ -31,7 +31,8 @@ func FuzzParse(f *testing.F) {
 		if !errors.As(err, &errs) || len(errs) == 0 || len(errs) > maxProblems+1 {
 			t.Fatalf("Parse(%q) error = %v, want 1 to %d problems as Errors", data, err, maxProblems+1)
 		}
-		lines := bytes.Count(data, []byte("\n")) + 2
+		// YAML ends lines with \n, \r\n or \r.
+		lines := bytes.Count(data, []byte("\n")) + bytes.Count(data, []byte("\r")) + 2
 		for _, e := range errs {
 			if e.File != "f.yaml" || e.Msg == "" || e.Line < 0 || e.Line > lines {
 				t.Fatalf("Parse(%q) problem %+v: want file f.yaml, a message, a line from 0 to %d", data, e, lines)
