@@ -11,7 +11,8 @@ import (
 )
 
 // cmdCheck validates a config file and shows, for each export, what would
-// be served. It opens storage read-only and serves nothing.
+// be served. It opens storage as serve would, writes nothing and serves
+// nothing.
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -37,25 +38,31 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(tw, "  path\t%s (opened per client: %%s is the client's address)\n", ec.Path)
 			continue
 		}
+		// Opened as the server would (read-write unless the export is
+		// read-only, so the device's own read-only state shows), but
+		// never written to.
 		probe := ec
-		probe.ReadOnly = true // check never writes
-		b, d, err := openStorage(&probe, ec.Path)
+		probe.CopyOnWrite = ""
+		st, err := openStorage(&probe, ec.Path, "")
 		if err != nil {
 			fmt.Fprintf(tw, "  error\t%v\n", err)
 			failed++
 			continue
 		}
+		b, d := st.b, st.desc
 		fmt.Fprintf(tw, "  path\t%s\n", d.Path)
 		if d.ResolvedPath != d.Path {
 			fmt.Fprintf(tw, "  resolves to\t%s\n", d.ResolvedPath)
 		}
-		fmt.Fprintf(tw, "  kind\t%s\n", d.Kind)
+		fmt.Fprintf(tw, "  kind\t%s\n", kindName(st))
 		fmt.Fprintf(tw, "  size\t%d bytes (%s)\n", b.Size(), humanSize(b.Size()))
 		if d.LogicalSector > 0 {
 			fmt.Fprintf(tw, "  sectors\t%d logical, %d physical\n", d.LogicalSector, d.PhysicalSector)
 		}
 		ro := "no"
 		switch {
+		case ec.CopyOnWrite != "":
+			ro = "no (copy-on-write: " + ec.CopyOnWrite + "; the storage itself is never written)"
 		case ec.ReadOnly:
 			ro = "yes (readonly: true in the config)"
 		case d.ReadOnly:

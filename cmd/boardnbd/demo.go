@@ -45,7 +45,7 @@ func cmdDemo(args []string, stderr io.Writer) int {
 		"  nbdinfo nbd://%s/demo\n  nbdinfo --map nbd://%s/demo\n"+
 		"  nbdcopy nbd://%s/demo - | head -c 96\nStop with Ctrl-C.\n\n",
 		*image, *listen, *listen, *listen, *listen)
-	return serveConfig(cfg, false, stderr)
+	return serveConfig(cfg, "", false, stderr)
 }
 
 // makeDemoImage creates the sparse demo image unless it exists.

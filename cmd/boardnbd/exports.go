@@ -3,9 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -17,24 +19,10 @@ import (
 // exportSet is the appliance's answer to "which export does this client
 // get": it resolves names against the configured exports, enforces allow
 // lists and connection limits, and hands out storage. It implements
-// nbd.Exports.
+// nbd.Exports. A reload swaps its list; connections keep what they opened.
 type exportSet struct {
-	log  *slog.Logger
 	mu   sync.RWMutex
 	list []*served
-}
-
-// served is one configured export with its open storage.
-type served struct {
-	cfg   config.Export
-	exp   nbd.Export
-	log   *slog.Logger
-	conns atomic.Int32
-
-	// storage is opened once and shared by every connection, unless the
-	// path names a per-client file (%s), which each connection opens.
-	storage backend.Backend
-	desc    backend.Description
 }
 
 var _ nbd.Exports = (*exportSet)(nil)
@@ -77,23 +65,27 @@ func (s *exportSet) List(remote net.Addr) []*nbd.Export {
 	return out
 }
 
-// exports returns the served exports, for logs and for discovery.
+// exports returns the served exports.
 func (s *exportSet) exports() []*served {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return append([]*served(nil), s.list...)
 }
 
-// close releases every export's storage.
-func (s *exportSet) close() {
+// swap installs a new list and returns the old one.
+func (s *exportSet) swap(list []*served) []*served {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, e := range s.list {
-		if e.storage != nil {
-			e.storage.Close()
-		}
+	old := s.list
+	s.list = list
+	return old
+}
+
+// close retires every export; storage closes when its last connection does.
+func (s *exportSet) close() {
+	for _, e := range s.swap(nil) {
+		e.retire()
 	}
-	s.list = nil
 }
 
 // addrOf extracts the client's IP address; a client that is not on IP
@@ -109,10 +101,49 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// newServed opens an export's storage (unless it is per client) and builds
-// its protocol view.
+// served is one configured export. Its storage is opened at load and
+// shared by every connection; a path or overlay with %s gives each client
+// address its own, shared by that client's connections. Storage that
+// vanished (a USB disk unplugged) is reopened when a client next asks, so a
+// device plugged in later becomes available without a restart.
+type served struct {
+	cfg   config.Export
+	exp   nbd.Export
+	log   *slog.Logger
+	conns atomic.Int32
+
+	mu      sync.Mutex
+	cache   map[string]*storage // by expanded path and overlay
+	retired bool
+}
+
+// storage is an opened stack (file or multifile, slice, persistent
+// overlay), counted: the cache holds one reference, each connection one.
+type storage struct {
+	b    backend.Backend
+	desc backend.Description
+	fi   fs.FileInfo // of the path when opened, to notice a replaced device
+	path string
+	refs atomic.Int32
+}
+
+func (s *storage) release() {
+	if s.refs.Add(-1) == 0 {
+		s.b.Close()
+	}
+}
+
+// fresh reports whether the path still names what was opened.
+func (s *storage) fresh() bool {
+	fi, err := os.Stat(s.path)
+	return err == nil && os.SameFile(fi, s.fi)
+}
+
+// newServed builds an export. Unless the export is per client it opens the
+// storage now: a missing path leaves it unavailable (and logged), any other
+// failure is an error.
 func newServed(cfg config.Export, log *slog.Logger) (*served, error) {
-	e := &served{cfg: cfg, log: log.With("export", cfg.Name)}
+	e := &served{cfg: cfg, log: log.With("export", cfg.Name), cache: map[string]*storage{}}
 	e.exp = nbd.Export{
 		Name:        cfg.Name,
 		Description: cfg.Description,
@@ -120,87 +151,211 @@ func newServed(cfg config.Export, log *slog.Logger) (*served, error) {
 		NoFlush:     !cfg.Flush,
 		NoFUA:       !cfg.FUA,
 		NoTrim:      !cfg.Trim,
+		NoMultiConn: cfg.CopyOnWrite == config.CopyOnWriteConnection,
 		IdleTimeout: cfg.IdleTimeout,
 		Open:        e.open,
 	}
-	if !cfg.PerClient() {
-		b, d, err := openStorage(&cfg, cfg.Path)
-		if err != nil {
-			return nil, err
-		}
-		e.storage, e.desc = b, d
-		if d.ReadOnly && !cfg.ReadOnly {
-			e.log.Warn("serving read-only", "path", cfg.Path, "reason", d.ReadOnlyReason)
+	if e.perClient() {
+		return e, nil
+	}
+	st, err := e.acquire(netip.Addr{})
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		e.log.Warn("storage absent; export unavailable until it appears", "path", cfg.Path)
+	case err != nil:
+		return nil, err
+	default:
+		st.release() // the cache keeps it open
+		if st.desc.ReadOnly && !cfg.ReadOnly && cfg.CopyOnWrite == "" {
+			e.log.Warn("serving read-only", "path", cfg.Path, "reason", st.desc.ReadOnlyReason)
 		}
 	}
 	return e, nil
 }
 
-// openStorage opens what an export serves from path.
-func openStorage(cfg *config.Export, path string) (backend.Backend, backend.Description, error) {
-	size := cfg.Size
-	if cfg.Offset > 0 {
-		size = 0 // the slice below takes the window
+func (e *served) perClient() bool {
+	return e.cfg.PerClient() || e.cfg.CopyOnWrite == config.CopyOnWritePersistent && perClientPattern(e.cfg.Overlay)
+}
+
+// perClientPattern reports whether p has a %s verb.
+func perClientPattern(p string) bool {
+	x := config.Export{Path: p}
+	return x.PerClient()
+}
+
+// current returns the shared storage if it is open, for logs and checks.
+func (e *served) current() *storage {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, st := range e.cache {
+		return st
 	}
-	f, err := backend.Open(path, backend.Options{
-		ReadOnly:   cfg.ReadOnly,
-		AllowInUse: cfg.AllowInUse,
-		Size:       size,
-	})
-	if err != nil {
-		return nil, backend.Description{}, fmt.Errorf("export %q: %w", cfg.Name, err)
+	return nil
+}
+
+// acquire returns the storage for a client address with a reference the
+// caller must release.
+func (e *served) acquire(addr netip.Addr) (*storage, error) {
+	path, ov := e.cfg.PathFor(addr), e.cfg.OverlayFor(addr)
+	key := path + "\x00" + ov
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.retired {
+		return nil, fmt.Errorf("%w: export %q was removed from the configuration", nbd.ErrUnavailable, e.cfg.Name)
 	}
-	d := f.Describe()
-	var b backend.Backend = f
-	if cfg.Offset > 0 {
-		b, err = backend.NewSlice(f, cfg.Offset, cfg.Size)
-		if err != nil {
-			f.Close()
-			return nil, d, fmt.Errorf("export %q: %w", cfg.Name, err)
+	if st := e.cache[key]; st != nil {
+		if st.fresh() {
+			st.refs.Add(1)
+			return st, nil
 		}
-		d.Size = b.Size()
+		e.log.Warn("storage vanished or was replaced; reopening", "path", st.path)
+		delete(e.cache, key)
+		st.release()
 	}
-	return b, d, nil
+	st, err := openStorage(&e.cfg, path, ov)
+	if err != nil {
+		return nil, err
+	}
+	st.refs.Store(2) // the cache's and the caller's
+	e.cache[key] = st
+	return st, nil
+}
+
+// put releases a connection's reference; per-client storage closes with its
+// client's last connection.
+func (e *served) put(st *storage) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.perClient() && st.refs.Load() == 2 {
+		for k, v := range e.cache {
+			if v == st {
+				delete(e.cache, k)
+				st.release()
+			}
+		}
+	}
+	st.release()
+}
+
+// retire stops new connections; storage closes when its last connection
+// does.
+func (e *served) retire() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.retired = true
+	for k, st := range e.cache {
+		delete(e.cache, k)
+		st.release()
+	}
+}
+
+// openStorage opens what an export serves: the file or device (or the
+// multifile set), the slice of it, and a persistent overlay over it.
+func openStorage(cfg *config.Export, path, overlay string) (*storage, error) {
+	opts := backend.Options{ReadOnly: cfg.ReadOnly || cfg.CopyOnWrite != "", AllowInUse: cfg.AllowInUse}
+	if cfg.Offset == 0 {
+		opts.Size = cfg.Size
+	}
+	st := &storage{path: path}
+	if cfg.Multifile {
+		st.path = path + ".0"
+	}
+	fi, err := os.Stat(st.path)
+	if err != nil {
+		return nil, fmt.Errorf("export %q: %w", cfg.Name, err)
+	}
+	st.fi = fi
+	var b backend.Backend
+	if cfg.Multifile {
+		b, err = backend.OpenMultifile(path, opts)
+		st.desc = backend.Description{Path: path, ResolvedPath: path}
+	} else {
+		var f *backend.File
+		if f, err = backend.Open(path, opts); err == nil {
+			b, st.desc = f, f.Describe()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("export %q: %w", cfg.Name, err)
+	}
+	if cfg.Offset > 0 {
+		s, err := backend.NewSlice(b, cfg.Offset, cfg.Size)
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("export %q: %w", cfg.Name, err)
+		}
+		b = s
+	}
+	if cfg.CopyOnWrite == config.CopyOnWritePersistent {
+		o, err := backend.NewOverlay(b, overlay, true)
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("export %q: overlay: %w", cfg.Name, err)
+		}
+		b = o
+	}
+	st.b = b
+	st.desc.Size = b.Size()
+	if cfg.CopyOnWrite != "" {
+		// The base is opened read-only on purpose; the export is not.
+		st.desc.ReadOnly, st.desc.ReadOnlyReason = b.Info().ReadOnly, ""
+	}
+	return st, nil
 }
 
 // open is the export's nbd.Export.Open: it counts the connection against
 // the export's limit and returns storage whose Close releases it.
 func (e *served) open(remote net.Addr) (backend.Backend, error) {
-	if limit := e.cfg.MaxConnections; limit > 0 && int(e.conns.Add(1)) > limit {
+	n := int(e.conns.Add(1))
+	if limit := e.cfg.MaxConnections; limit > 0 && n > limit {
 		e.conns.Add(-1)
 		return nil, fmt.Errorf("%w: export %q already has its maximum of %d connections",
 			nbd.ErrNotAllowed, e.cfg.Name, limit)
-	} else if limit <= 0 {
-		e.conns.Add(1)
 	}
-	release := func() error { e.conns.Add(-1); return nil }
-	if e.storage != nil {
-		return &connStorage{Backend: e.storage, close: release}, nil
-	}
-	path := e.cfg.PathFor(addrOf(remote))
-	b, _, err := openStorage(&e.cfg, path)
+	st, err := e.acquire(addrOf(remote))
 	if err != nil {
-		release()
-		if errors.Is(err, backend.ErrInUse) {
-			return nil, err
+		e.conns.Add(-1)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %v", nbd.ErrUnavailable, err)
 		}
-		return nil, fmt.Errorf("%w: %v", nbd.ErrUnavailable, err)
+		return nil, err
 	}
-	return &connStorage{Backend: b, close: func() error {
-		release()
-		return b.Close()
-	}}, nil
+	cs := &connStorage{Backend: st.b, release: func() {
+		e.put(st)
+		e.conns.Add(-1)
+	}}
+	if e.cfg.CopyOnWrite == config.CopyOnWriteConnection {
+		// A private overlay for this connection, discarded at its end.
+		o, err := backend.NewOverlay(noClose{st.b}, "", false)
+		if err != nil {
+			cs.Close()
+			return nil, fmt.Errorf("export %q: overlay: %w", e.cfg.Name, err)
+		}
+		cs.Backend, cs.overlay = o, o
+	}
+	return cs, nil
 }
 
 // connStorage is one connection's handle on an export's storage.
 type connStorage struct {
 	backend.Backend
-	once  sync.Once
-	close func() error
+	overlay backend.Backend // a per-connection overlay to close, if any
+	once    sync.Once
+	release func()
 }
 
 func (c *connStorage) Close() error {
 	var err error
-	c.once.Do(func() { err = c.close() })
+	c.once.Do(func() {
+		if c.overlay != nil {
+			err = c.overlay.Close()
+		}
+		c.release()
+	})
 	return err
 }
+
+// noClose shares a backend with a wrapper that would close it.
+type noClose struct{ backend.Backend }
+
+func (noClose) Close() error { return nil }

@@ -134,11 +134,12 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if *listen != "" {
 		cfg.Listen = []string{*listen}
 	}
-	return serveConfig(cfg, *inetd, stderr)
+	return serveConfig(cfg, *file, *inetd, stderr)
 }
 
-// serveConfig runs the appliance until SIGINT or SIGTERM.
-func serveConfig(cfg *config.Config, inetd bool, stderr io.Writer) int {
+// serveConfig runs the appliance until SIGINT or SIGTERM. SIGHUP reloads
+// configPath, if the config came from a file.
+func serveConfig(cfg *config.Config, configPath string, inetd bool, stderr io.Writer) int {
 	log, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "boardnbd: %v\n", err)
@@ -152,7 +153,7 @@ func serveConfig(cfg *config.Config, inetd bool, stderr io.Writer) int {
 	if inetd {
 		return serveInetd(a)
 	}
-	lns, err := a.listen()
+	lns, err := a.listeners()
 	if err != nil {
 		a.exports.close()
 		log.Error("cannot start", "err", err)
@@ -160,7 +161,7 @@ func serveConfig(cfg *config.Config, inetd bool, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := a.run(ctx, lns); err != nil {
+	if err := a.run(ctx, lns, configPath); err != nil {
 		log.Error("stopped", "err", err)
 		return 1
 	}

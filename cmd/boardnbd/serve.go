@@ -6,8 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
+	"slices"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
 
 	"boardnbd/config"
 	"boardnbd/nbd"
@@ -20,6 +26,7 @@ const drainTimeout = 30 * time.Second
 // their open storage, and the NBD server.
 type appliance struct {
 	log     *slog.Logger
+	mu      sync.Mutex // serialises reloads
 	cfg     *config.Config
 	exports *exportSet
 	srv     *nbd.Server
@@ -28,15 +35,11 @@ type appliance struct {
 // newAppliance opens the storage of every export in cfg. It fails on the
 // first export that cannot be opened, naming it.
 func newAppliance(cfg *config.Config, log *slog.Logger) (*appliance, error) {
-	set := &exportSet{log: log}
-	for _, ec := range cfg.Exports {
-		e, err := newServed(ec, log)
-		if err != nil {
-			set.close()
-			return nil, err
-		}
-		set.list = append(set.list, e)
+	list, err := buildExports(cfg, nil, log)
+	if err != nil {
+		return nil, err
 	}
+	set := &exportSet{list: list}
 	a := &appliance{log: log, cfg: cfg, exports: set}
 	a.srv = &nbd.Server{
 		Exports:          set,
@@ -49,9 +52,77 @@ func newAppliance(cfg *config.Config, log *slog.Logger) (*appliance, error) {
 	return a, nil
 }
 
-// listen opens the configured listeners.
-func (a *appliance) listen() ([]net.Listener, error) {
-	var lns []net.Listener
+// buildExports makes the exports of cfg, reusing from old every export
+// whose configuration is unchanged (its storage and its clients stay).
+func buildExports(cfg *config.Config, old []*served, log *slog.Logger) ([]*served, error) {
+	var list []*served
+	for _, ec := range cfg.Exports {
+		i := slices.IndexFunc(old, func(o *served) bool { return o.cfg.Equal(&ec) })
+		if i >= 0 {
+			list = append(list, old[i])
+			continue
+		}
+		e, err := newServed(ec, log)
+		if err != nil {
+			for _, n := range list {
+				if !slices.Contains(old, n) {
+					n.retire()
+				}
+			}
+			return nil, err
+		}
+		list = append(list, e)
+	}
+	return list, nil
+}
+
+// reload applies a new configuration: added exports appear, removed and
+// changed ones stop taking connections (their clients keep what they
+// have), unchanged ones are untouched. Listen addresses and limits are
+// kept from the start.
+func (a *appliance) reload(cfg *config.Config) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !slices.Equal(cfg.Listen, a.cfg.Listen) || cfg.Limits != a.cfg.Limits {
+		a.log.Warn("reload: listen and limits changes take effect at the next restart")
+	}
+	old := a.exports.exports()
+	list, err := buildExports(cfg, old, a.log)
+	if err != nil {
+		return err
+	}
+	a.exports.swap(list)
+	var added, removed, kept []string
+	for _, e := range old {
+		if !slices.Contains(list, e) {
+			removed = append(removed, e.cfg.Name)
+			e.retire()
+		}
+	}
+	for _, e := range list {
+		if slices.Contains(old, e) {
+			kept = append(kept, e.cfg.Name)
+		} else {
+			added = append(added, e.cfg.Name)
+		}
+	}
+	a.cfg = cfg
+	a.log.Info("configuration reloaded", "added", added, "removed or changed", removed, "kept", kept)
+	return nil
+}
+
+// listeners returns the sockets systemd passed (socket activation), or
+// opens the configured ones.
+func (a *appliance) listeners() ([]net.Listener, error) {
+	lns, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("socket activation: %w", err)
+	}
+	lns = slices.DeleteFunc(lns, func(l net.Listener) bool { return l == nil })
+	if len(lns) > 0 {
+		a.log.Info("using sockets from systemd (socket activation); listen: is ignored", "sockets", len(lns))
+		return lns, nil
+	}
 	for _, addr := range a.cfg.Listen {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -65,18 +136,13 @@ func (a *appliance) listen() ([]net.Listener, error) {
 	return lns, nil
 }
 
-// run serves on lns until ctx ends, then drains the connections. It
-// returns nil after a clean shutdown.
-func (a *appliance) run(ctx context.Context, lns []net.Listener) error {
+// run serves on lns until ctx ends, reloading configPath on SIGHUP when
+// there is one, then drains the connections. It returns nil after a clean
+// shutdown.
+func (a *appliance) run(ctx context.Context, lns []net.Listener, configPath string) error {
 	defer a.exports.close()
 	for _, e := range a.exports.exports() {
-		if e.storage != nil {
-			d := e.desc
-			a.log.Info("export ready", "export", e.cfg.Name, "path", e.cfg.Path, "kind", d.Kind.String(),
-				"size", e.storage.Size(), "readonly", e.cfg.ReadOnly || d.ReadOnly)
-		} else {
-			a.log.Info("export ready (per-client path)", "export", e.cfg.Name, "path", e.cfg.Path)
-		}
+		a.logExport(e)
 	}
 	errc := make(chan error, len(lns))
 	var wg sync.WaitGroup
@@ -84,11 +150,32 @@ func (a *appliance) run(ctx context.Context, lns []net.Listener) error {
 		a.log.Info("listening", "addr", ln.Addr().String())
 		wg.Go(func() { errc <- a.srv.Serve(ln) })
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-		a.log.Error("listener failed", "err", err)
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err = <-errc:
+			a.log.Error("listener failed", "err", err)
+			break loop
+		case <-hup:
+			if configPath == "" {
+				a.log.Warn("SIGHUP ignored: not serving from a config file")
+				continue
+			}
+			cfg, lerr := config.Load(configPath)
+			if lerr == nil {
+				lerr = a.reload(cfg)
+			}
+			if lerr != nil {
+				a.log.Error("reload rejected; still serving the previous configuration", "file", configPath, "err", lerr)
+			}
+		}
 	}
 	a.log.Info("shutting down; draining connections", "connections", a.srv.Connections())
 	sctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
@@ -101,4 +188,25 @@ func (a *appliance) run(ctx context.Context, lns []net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+func (a *appliance) logExport(e *served) {
+	if e.perClient() {
+		a.log.Info("export ready (storage per client address)", "export", e.cfg.Name, "path", e.cfg.Path)
+		return
+	}
+	st := e.current()
+	if st == nil {
+		a.log.Warn("export unavailable: storage absent", "export", e.cfg.Name, "path", e.cfg.Path)
+		return
+	}
+	a.log.Info("export ready", "export", e.cfg.Name, "path", e.cfg.Path, "kind", kindName(st),
+		"size", st.b.Size(), "readonly", e.cfg.ReadOnly || st.b.Info().ReadOnly && e.cfg.CopyOnWrite == "")
+}
+
+func kindName(st *storage) string {
+	if st.desc.Kind == 0 {
+		return "multifile"
+	}
+	return st.desc.Kind.String()
 }
