@@ -221,7 +221,7 @@ func (f *File) openBlock(path string, opts Options) error {
 // openError explains a failed open, with a hint where the user can help.
 func openError(err error, opts Options) error {
 	if !opts.ReadOnly && (errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM)) {
-		return fmt.Errorf("backend: %w (to export it read-only, set read_only: true)", err)
+		return fmt.Errorf("backend: %w (to export it read-only, set readonly: true on the export)", err)
 	}
 	return fmt.Errorf("backend: %w", err)
 }

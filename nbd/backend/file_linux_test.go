@@ -204,8 +204,8 @@ func TestOpenNotWritable(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := Open(path, Options{})
-	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "read_only: true") {
-		t.Errorf("Open(not writable) = %v, want an error naming the file and read_only: true", err)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "readonly: true") {
+		t.Errorf("Open(not writable) = %v, want an error naming the file and readonly: true", err)
 	}
 	f := openT(t, path, Options{ReadOnly: true})
 	if _, err := f.ReadAt(make([]byte, 4096), 0); err != nil {
