@@ -750,3 +750,51 @@ func TestParseOneLineOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorsAs checks that errors.As finds the first problem, for callers
+// that want one *Error.
+func TestErrorsAs(t *testing.T) {
+	_, err := Parse([]byte("version: 1\nlog: {level: loud, format: xml}\n"), "c.yaml")
+	var e *Error
+	if !errors.As(err, &e) || e.Line != 2 || e.Key != "log.format" {
+		t.Errorf("errors.As(%v) = %+v, want the problem with log.format on line 2", err, e)
+	}
+}
+
+func TestQuote(t *testing.T) {
+	tests := []struct {
+		in, want string
+	}{
+		{"short", `"short"`},
+		{strings.Repeat("a", 64), `"` + strings.Repeat("a", 64) + `"`},
+		{strings.Repeat("a", 65), `"` + strings.Repeat("a", 64) + `"...`},
+		{strings.Repeat("a", 63) + "☃☃", `"` + strings.Repeat("a", 63) + `"...`}, // not half a snowman
+	}
+	for _, tt := range tests {
+		if got := quote(tt.in); got != tt.want {
+			t.Errorf("quote(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestValidateText checks strings that only code can make: YAML text is
+// always UTF-8.
+func TestValidateText(t *testing.T) {
+	c := Default()
+	c.Discovery.Board = "rack\xff"
+	c.Discovery.Instance = "a\x00b"
+	e := DefaultExport()
+	e.Name, e.Path, e.Description = "a\xff", "/a", "b\xfe"
+	c.Exports = []Export{e}
+	err := c.Validate()
+	for _, want := range []string{
+		`discovery.board: "rack\xff" is not valid UTF-8`,
+		`discovery.instance: "a\x00b" contains a NUL byte`,
+		`exports[0].name: "a\xff" is not valid UTF-8`,
+		`exports[0].description: "b\xfe" is not valid UTF-8`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want a line %s", err, want)
+		}
+	}
+}
