@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -62,6 +63,10 @@ type conn struct {
 	slots     chan *slot // free request slots; bounds requests in flight
 	inflight  sync.WaitGroup
 	nInflight atomic.Int32
+	work      chan *slot   // hands requests to parked workers; nil asks one to exit
+	parked    atomic.Int32 // workers waiting on work
+	requests  atomic.Uint64
+	trimSeen  uint64 // requests at the last trim check (the trimmer's own)
 	mem       budget
 	dead      atomic.Bool
 
@@ -97,6 +102,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		br:    bufio.NewReaderSize(nc, readBufferSize),
 		begun: time.Now(),
 		slots: make(chan *slot, s.maxInFlight()),
+		work:  make(chan *slot),
 	}
 	for range cap(c.slots) {
 		c.slots <- nil // slots are allocated on first use
@@ -132,6 +138,7 @@ func (c *conn) serve() {
 
 	err := c.transmit()
 	c.inflight.Wait()
+	c.stopWorkers()
 	c.be.Close()
 	attrs := []any{"read", c.bytesRead.Load(), "written", c.bytesWritten.Load(),
 		"duration", time.Since(c.begun).Round(time.Millisecond)}
@@ -252,7 +259,12 @@ func (c *conn) transmit() error {
 		}
 		c.inflight.Add(1)
 		c.nInflight.Add(1)
-		go c.handle(s)
+		c.requests.Add(1)
+		select {
+		case c.work <- s:
+		default:
+			go c.worker(s) // the only allocation, and only as workers are added
+		}
 	}
 }
 
@@ -333,6 +345,52 @@ func (c *conn) check(r *request) (uint32, string) {
 		return errInval, fmt.Sprintf("request [%d, +%d) is not aligned to the %d byte block size", r.offset, r.length, c.minBlock)
 	}
 	return 0, ""
+}
+
+// worker runs requests: the one it was started with, then whatever the
+// reader hands it while it is parked. A new goroutine per request would cost
+// an allocation per request; parked workers cost none. An idle connection's
+// parked workers are asked to exit by the server's trimmer, and all exit when
+// the connection ends.
+func (c *conn) worker(s *slot) {
+	for s != nil {
+		c.handle(s)
+		c.parked.Add(1)
+		s = <-c.work
+		c.parked.Add(-1)
+	}
+}
+
+// stopWorkers asks every parked worker to exit.
+func (c *conn) stopWorkers() {
+	for {
+		select {
+		case c.work <- nil:
+		default:
+			if c.parked.Load() == 0 {
+				return
+			}
+			runtime.Gosched() // a worker between handle and parking
+		}
+	}
+}
+
+// trimIfIdle lets an idle connection's parked workers go. The server's
+// trimmer calls it periodically; it is idle if it took no request since the
+// previous call.
+func (c *conn) trimIfIdle() {
+	n := c.requests.Load()
+	if n == c.trimSeen && c.nInflight.Load() == 0 && c.parked.Load() > 0 {
+		for {
+			select {
+			case c.work <- nil:
+				continue
+			default:
+			}
+			break
+		}
+	}
+	c.trimSeen = n
 }
 
 // handle runs one request on the backend and replies.

@@ -68,7 +68,7 @@ func FuzzServer(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		s := &Server{
-			Exports:    ExportList{memExport("disk", newMem(64 << 10))},
+			Exports:    ExportList{memExport("disk", newMem(64<<10))},
 			MaxPayload: 64 << 10,
 		}
 		nc := NewPipeConn(bytes.NewReader(stream), io.Discard, &net.TCPAddr{}, nil)

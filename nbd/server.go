@@ -125,6 +125,36 @@ type Server struct {
 	// closeAt is the deadline (unix nanoseconds) by which connections stop
 	// reading after Shutdown.
 	closeAt atomic.Int64
+
+	trimming  bool          // a trimmer runs; under mu
+	trimEvery time.Duration // 0 means trimInterval; tests shorten it
+}
+
+// trimInterval is how often idle connections give up their parked workers.
+const trimInterval = 2 * time.Second
+
+// trim asks idle connections to let their parked workers go, so that an
+// idle connection holds no goroutine but its reader. It runs while the
+// server has connections; newConn starts it, under mu.
+func (s *Server) trim() {
+	every := s.trimEvery
+	if every == 0 {
+		every = trimInterval
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for range t.C {
+		s.mu.Lock()
+		if len(s.conns) == 0 {
+			s.trimming = false
+			s.mu.Unlock()
+			return
+		}
+		for c := range s.conns {
+			c.trimIfIdle()
+		}
+		s.mu.Unlock()
+	}
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -236,6 +266,10 @@ func (s *Server) newConn(nc net.Conn) (*conn, bool) {
 	}
 	c := newConn(s, nc)
 	s.conns[c] = struct{}{}
+	if !s.trimming {
+		s.trimming = true
+		go s.trim()
+	}
 	s.connWG.Add(1)
 	return c, true
 }

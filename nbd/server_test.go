@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -643,4 +644,59 @@ func TestServeConnInetd(t *testing.T) {
 	}
 	tc.request(0, cmdDisc, 1, 0, 0, nil)
 	<-done
+}
+
+func TestIdleConnectionReleasesWorkers(t *testing.T) {
+	s := &Server{trimEvery: 10 * time.Millisecond}
+	addr := startServer(t, s, memExport("disk", newMem(testSize)))
+	r := newRawConn(t, addr, 4096)
+	r.batch(t, cmdRead, 4096, 16)
+	parked := func() (n int32) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for c := range s.conns {
+			n += c.parked.Load()
+		}
+		return n
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for parked() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d workers still parked on an idle connection", parked())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.batch(t, cmdWrite, 4096, 16) // and it still serves
+}
+
+func TestShutdownLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	s := &Server{Exports: ExportList{memExport("disk", newMem(testSize))}, trimEvery: 10 * time.Millisecond}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	var conns []*rawConn
+	for range 4 {
+		r := newRawConn(t, ln.Addr().String(), 4096)
+		r.batch(t, cmdWrite, 4096, 8)
+		conns = append(conns, r)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	for _, r := range conns {
+		r.c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines before, %d after Shutdown:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
