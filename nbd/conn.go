@@ -36,7 +36,11 @@ var errDisconnect = errors.New("nbd: client disconnected with NBD_CMD_DISC")
 // starts a goroutine per request for the backend I/O; replies are written
 // under wmu, one whole reply at a time, so the socket has a single writer.
 type conn struct {
-	srv    *Server
+	srv *Server
+	// raw is the accepted connection; nc is what the protocol runs over:
+	// raw, or a TLS connection over it after NBD_OPT_STARTTLS. Other
+	// goroutines (Shutdown, Close) touch only raw.
+	raw    net.Conn
 	nc     net.Conn
 	br     *bufio.Reader
 	log    *slog.Logger
@@ -44,6 +48,8 @@ type conn struct {
 	begun  time.Time
 
 	// Negotiated during the handshake.
+	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
+	tls        bool // NBD_OPT_STARTTLS succeeded
 	noZeroes   bool
 	structured bool
 	metaOK     bool   // base:allocation selected
@@ -98,6 +104,7 @@ type chunk struct {
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{
 		srv:   s,
+		raw:   nc,
 		nc:    nc,
 		br:    bufio.NewReaderSize(nc, readBufferSize),
 		begun: time.Now(),
@@ -114,14 +121,14 @@ func newConn(s *Server, nc net.Conn) *conn {
 
 func (c *conn) serve() {
 	defer c.srv.forget(c)
-	defer c.nc.Close()
+	defer c.raw.Close()
 	defer func() {
 		if p := recover(); p != nil {
 			c.log.Error("connection panicked; closing it", "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
 
-	c.nc.SetDeadline(time.Now().Add(c.srv.handshakeTimeout()))
+	c.raw.SetDeadline(time.Now().Add(c.srv.handshakeTimeout()))
 	c.armShutdown()
 	if err := c.handshake(); err != nil {
 		if c.be != nil {
@@ -130,11 +137,11 @@ func (c *conn) serve() {
 		c.logHandshakeEnd(err)
 		return
 	}
-	c.nc.SetDeadline(time.Time{})
+	c.raw.SetDeadline(time.Time{})
 	c.armShutdown()
 	c.log = c.log.With("export", c.exp.Name)
 	c.log.Info("client connected", "size", c.size, "structured", c.structured,
-		"readonly", c.tflags&flagReadOnly != 0)
+		"readonly", c.tflags&flagReadOnly != 0, "tls", c.tls)
 
 	err := c.transmit()
 	c.inflight.Wait()
@@ -163,6 +170,9 @@ func (c *conn) logHandshakeEnd(err error) {
 		c.log.Debug("handshake ended by client", "err", err)
 	case c.srv.shutting.Load():
 		c.log.Debug("handshake cut short by shutdown")
+	case errors.Is(err, errTLSHandshake):
+		c.log.Warn("TLS handshake failed; the client or this server refused the other's certificate (check the CA, the certificates' dates and names, and the client certificate)",
+			"err", err)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.log.Info("handshake timed out; client too slow or not speaking NBD",
 			"timeout", c.srv.handshakeTimeout())
@@ -176,7 +186,7 @@ func (c *conn) logHandshakeEnd(err error) {
 // of the read deadline, so a concurrent Shutdown is never overridden.
 func (c *conn) armShutdown() {
 	if c.srv.shutting.Load() {
-		c.nc.SetReadDeadline(time.Unix(0, c.srv.closeAt.Load()))
+		c.raw.SetReadDeadline(time.Unix(0, c.srv.closeAt.Load()))
 	}
 }
 
@@ -211,7 +221,7 @@ func (c *conn) transmit() error {
 	idle := c.exp.IdleTimeout
 	for {
 		if idle > 0 {
-			c.nc.SetReadDeadline(time.Now().Add(idle))
+			c.raw.SetReadDeadline(time.Now().Add(idle))
 			c.armShutdown()
 		}
 		n, err := io.ReadFull(c.br, hdr[:])
@@ -700,7 +710,7 @@ func (c *conn) sendIOV(s *slot) {
 func (c *conn) fail(err error) {
 	if !c.dead.Swap(true) {
 		c.log.Debug("closing connection", "err", err)
-		c.nc.Close()
+		c.raw.Close()
 	}
 }
 

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,10 +19,13 @@ const maxOptionLen = 64 << 10
 
 // Errors that end a handshake. They are logged, never sent.
 var (
-	errClientFlags   = errors.New("nbd: client sent unknown handshake flags")
-	errOptionTooLong = errors.New("nbd: option data longer than 64 KiB")
-	errAborted       = errors.New("nbd: client aborted the handshake")
-	errNoExport      = errors.New("nbd: NBD_OPT_EXPORT_NAME for an export that cannot be served")
+	errClientFlags    = errors.New("nbd: client sent unknown handshake flags")
+	errOptionTooLong  = errors.New("nbd: option data longer than 64 KiB")
+	errAborted        = errors.New("nbd: client aborted the handshake")
+	errNoExport       = errors.New("nbd: NBD_OPT_EXPORT_NAME for an export that cannot be served")
+	errTLSRequired    = errors.New("nbd: NBD_OPT_EXPORT_NAME before STARTTLS on a server or export that requires TLS")
+	errTLSHandshake   = errors.New("nbd: TLS handshake failed")
+	errExportNeedsTLS = errors.New("nbd: export requires TLS")
 )
 
 // handshake runs the fixed newstyle negotiation. On success the connection
@@ -43,6 +47,7 @@ func (c *conn) handshake() error {
 		return fmt.Errorf("%w: %#x", errClientFlags, clientFlags)
 	}
 	c.noZeroes = clientFlags&flagCNoZeroes != 0
+	c.fixed = clientFlags&flagCFixedNewstyle != 0
 
 	var hdr [optHeaderLen]byte
 	for {
@@ -84,6 +89,12 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		}
 		return false, c.optError(opt, repErrShutdown, "server is shutting down")
 	}
+	if c.srv.RequireTLS && !c.tls && opt != optStartTLS && opt != optAbort {
+		if opt == optExportName {
+			return false, errTLSRequired
+		}
+		return false, c.optError(opt, repErrTLSReqd, "this server requires TLS: use NBD_OPT_STARTTLS")
+	}
 	switch opt {
 	case optExportName:
 		return true, c.optExportName(data)
@@ -94,10 +105,7 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 	case optList:
 		return false, c.optList(data)
 	case optStartTLS:
-		if len(data) != 0 {
-			return false, c.optError(opt, repErrInvalid, "NBD_OPT_STARTTLS takes no data")
-		}
-		return false, c.optError(opt, repErrPolicy, "TLS is not configured on this server")
+		return false, c.optStartTLS(data)
 	case optInfo, optGo:
 		return c.optInfoGo(opt, data)
 	case optStructuredReply:
@@ -129,11 +137,51 @@ func (c *conn) optError(opt, typ uint32, msg string) error {
 	return c.optReply(opt, typ, []byte(msg))
 }
 
+// optStartTLS upgrades the connection to TLS. After the ACK there is no way
+// back: a failed TLS handshake ends the connection.
+func (c *conn) optStartTLS(data []byte) error {
+	switch {
+	case len(data) != 0:
+		return c.optError(optStartTLS, repErrInvalid, "NBD_OPT_STARTTLS takes no data")
+	case c.srv.TLSConfig == nil:
+		return c.optError(optStartTLS, repErrPolicy, "TLS is not configured on this server")
+	case !c.fixed:
+		// The spec allows TLS only after fixed newstyle was agreed.
+		return c.optError(optStartTLS, repErrPolicy, "TLS needs the fixed newstyle handshake")
+	case c.tls:
+		return c.optError(optStartTLS, repErrInvalid, "TLS is already running")
+	}
+	if err := c.optReply(optStartTLS, repAck, nil); err != nil {
+		return err
+	}
+	if c.br.Buffered() > 0 {
+		return fmt.Errorf("%w: client sent data before the TLS handshake", errTLSHandshake)
+	}
+	tc := tls.Server(c.raw, c.srv.TLSConfig)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("%w: %v", errTLSHandshake, err)
+	}
+	c.nc, c.tls = tc, true
+	c.br.Reset(tc)
+	// Nothing negotiated in the clear survives the upgrade.
+	c.structured, c.metaOK, c.metaExport = false, false, ""
+	st := tc.ConnectionState()
+	attrs := []any{"version", tls.VersionName(st.Version)}
+	if len(st.PeerCertificates) > 0 {
+		attrs = append(attrs, "client_cert", st.PeerCertificates[0].Subject.String())
+	}
+	c.log.Debug("TLS started", attrs...)
+	return nil
+}
+
 func (c *conn) optList(data []byte) error {
 	if len(data) != 0 {
 		return c.optError(optList, repErrInvalid, "NBD_OPT_LIST takes no data")
 	}
 	for _, e := range c.srv.Exports.List(c.nc.RemoteAddr()) {
+		if e.TLSOnly && !c.tls {
+			continue
+		}
 		p := make([]byte, 4, 4+len(e.Name)+len(e.Description))
 		binary.BigEndian.PutUint32(p, uint32(len(e.Name)))
 		p = append(p, e.Name...)
@@ -148,6 +196,8 @@ func (c *conn) optList(data []byte) error {
 // lookupError turns an export resolution error into an option reply.
 func (c *conn) lookupError(opt uint32, name string, err error) error {
 	switch {
+	case errors.Is(err, errExportNeedsTLS):
+		return c.optError(opt, repErrTLSReqd, fmt.Sprintf("export %q requires TLS: use NBD_OPT_STARTTLS", name))
 	case errors.Is(err, ErrUnknownExport):
 		return c.optError(opt, repErrUnknown, fmt.Sprintf("no export named %q", name))
 	case errors.Is(err, ErrNotAllowed):
@@ -165,6 +215,9 @@ func (c *conn) open(name string) (*Export, backend.Backend, error) {
 	e, err := c.srv.Exports.Lookup(name, c.nc.RemoteAddr())
 	if err != nil {
 		return nil, nil, err
+	}
+	if e.TLSOnly && !c.tls {
+		return nil, nil, errExportNeedsTLS
 	}
 	b, err := e.Open(c.nc.RemoteAddr())
 	if err != nil {
@@ -319,6 +372,10 @@ func (c *conn) optMetaContext(opt uint32, data []byte) error {
 	e, err := c.srv.Exports.Lookup(req.name, c.nc.RemoteAddr())
 	if err != nil {
 		return c.lookupError(opt, req.name, err)
+	}
+	if e.TLSOnly && !c.tls {
+		// The spec keeps NBD_REP_ERR_TLS_REQD for INFO and GO.
+		return c.optError(opt, repErrPolicy, fmt.Sprintf("export %q requires TLS", req.name))
 	}
 	match := !set && len(req.queries) == 0
 	for _, q := range req.queries {

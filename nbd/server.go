@@ -12,6 +12,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -61,6 +62,10 @@ type Export struct {
 	NoFUA       bool // do not advertise NBD_CMD_FLAG_FUA
 	NoTrim      bool // do not advertise NBD_CMD_TRIM
 	NoMultiConn bool // never advertise NBD_FLAG_CAN_MULTI_CONN
+
+	// TLSOnly hides the export from clients that have not started TLS:
+	// LIST omits it, INFO and GO answer NBD_REP_ERR_TLS_REQD.
+	TLSOnly bool
 
 	// IdleTimeout closes a connection that sends no request for this long
 	// while none is in flight. Zero means never.
@@ -116,6 +121,15 @@ type Server struct {
 	MaxInFlight      int           // requests per connection; 0 means DefaultMaxInFlight
 	MaxPayload       uint32        // largest WRITE payload and READ length; 0 means DefaultMaxPayload
 	MaxConnections   int           // server-wide; 0 means no limit
+
+	// TLSConfig enables NBD_OPT_STARTTLS (TLS 1.2 at least). Nil means the
+	// server runs without TLS and answers STARTTLS with a policy error.
+	TLSConfig *tls.Config
+	// RequireTLS makes the server insist on TLS for everything (the spec's
+	// FORCEDTLS): before STARTTLS, every option but STARTTLS and ABORT is
+	// answered NBD_REP_ERR_TLS_REQD. Without it, only exports marked
+	// TLSOnly need TLS (SELECTIVETLS).
+	RequireTLS bool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -332,7 +346,7 @@ func (s *Server) Close() error {
 	s.beginShutdown(time.Now())
 	s.mu.Lock()
 	for c := range s.conns {
-		c.nc.Close()
+		c.raw.Close()
 	}
 	s.mu.Unlock()
 	return nil
@@ -348,7 +362,7 @@ func (s *Server) beginShutdown(deadline time.Time) {
 		ln.Close()
 	}
 	for c := range s.conns {
-		c.nc.SetReadDeadline(deadline)
+		c.raw.SetReadDeadline(deadline)
 	}
 }
 
