@@ -23,6 +23,7 @@ type Config struct {
 	Discovery Discovery // discovery: how exports are advertised
 	Limits    Limits    // limits: server-wide resource limits
 	Log       Log       // log: logging
+	TLS       TLS       // tls: certificates and whether TLS is offered or required
 	Exports   []Export  // exports: what is served, in file order
 	File      string    // the file name given to Parse; not from YAML
 
@@ -52,6 +53,38 @@ type Limits struct {
 	MaxPayload       int64         // max_payload: largest read or write request, bytes
 }
 
+// TLS configures NBD_OPT_STARTTLS. Paths are PEM files.
+type TLS struct {
+	// Mode is "off", "optional" (clients may start TLS; exports with
+	// tls: required need it) or "required" (every client must). The
+	// default is "optional" when a certificate is given, else "off".
+	Mode string // mode
+	Cert string // cert: the server's certificate chain
+	Key  string // key: its private key
+	// CA, if set, makes TLS mutual: a client must present a certificate
+	// signed by one of these CAs.
+	CA string // ca
+}
+
+// EffectiveMode is Mode with its default applied: "optional" when a
+// certificate is given, else "off".
+func (t TLS) EffectiveMode() string {
+	switch {
+	case t.Mode != "":
+		return t.Mode
+	case t.Cert != "":
+		return TLSOptional
+	}
+	return TLSOff
+}
+
+// TLS modes, the values of TLS.Mode and (but for TLSOff) Export.TLS.
+const (
+	TLSOff      = "off"
+	TLSOptional = "optional"
+	TLSRequired = "required"
+)
+
 // Log configures logging.
 type Log struct {
 	Level  string // level: "debug", "info", "warn" or "error"
@@ -77,6 +110,7 @@ type Export struct {
 	FUA            bool           // fua: advertise and honour forced unit access
 	Trim           bool           // trim: advertise and honour trim
 	AllowInUse     bool           // allow_in_use: serve storage that something else has open
+	TLS            string         // tls: "" or TLSOptional (as the server), TLSRequired (only over TLS)
 	Line           int            // line of this export in File; not from YAML
 }
 
@@ -244,6 +278,7 @@ func (c *Config) resolvePaths(dir string) {
 		e := &c.Exports[i]
 		e.Path, e.Overlay = rel(e.Path), rel(e.Overlay)
 	}
+	c.TLS.Cert, c.TLS.Key, c.TLS.CA = rel(c.TLS.Cert), rel(c.TLS.Key), rel(c.TLS.CA)
 }
 
 // line returns the line of key, or of its nearest parent that Parse saw,

@@ -404,7 +404,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 		d.hopeless = r.Kind != yaml.MappingNode
 	}
 	for _, f := range d.mapping(n, "", "a mapping of settings starting with version: 1",
-		"version", "listen", "discovery", "limits", "log", "exports") {
+		"version", "listen", "discovery", "limits", "log", "tls", "exports") {
 		switch key := f.name; key {
 		case "version":
 			c.versionSet = d.integer(f.val, key, &c.Version)
@@ -416,6 +416,8 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			d.limits(f.val, key, &c.Limits)
 		case "log":
 			d.log(f.val, key, &c.Log)
+		case "tls":
+			d.tls(f.val, key, &c.TLS)
 		case "exports":
 			d.exports(f.val, key, &c.Exports)
 		}
@@ -470,6 +472,22 @@ func (d *decoder) log(n *yaml.Node, path string, out *Log) {
 	}
 }
 
+func (d *decoder) tls(n *yaml.Node, path string, out *TLS) {
+	for _, f := range d.mapping(n, path, "a mapping", "mode", "cert", "key", "ca") {
+		key := join(path, f.name)
+		switch f.name {
+		case "mode":
+			d.str(f.val, key, &out.Mode)
+		case "cert":
+			d.str(f.val, key, &out.Cert)
+		case "key":
+			d.str(f.val, key, &out.Key)
+		case "ca":
+			d.str(f.val, key, &out.CA)
+		}
+	}
+}
+
 // exports decodes the list of exports. An item that is not a mapping is
 // reported and kept as an export with defaults, so that later exports keep
 // their index in messages.
@@ -489,7 +507,7 @@ func (d *decoder) export(n *yaml.Node, path string, out *Export) {
 	fields := d.mapping(n, path, "a mapping with name and path",
 		"name", "path", "description", "readonly", "size", "offset",
 		"copy_on_write", "overlay", "multifile", "allow",
-		"max_connections", "idle_timeout", "flush", "fua", "trim", "allow_in_use")
+		"max_connections", "idle_timeout", "flush", "fua", "trim", "allow_in_use", "tls")
 	for _, f := range fields {
 		key := join(path, f.name)
 		switch f.name {
@@ -525,6 +543,8 @@ func (d *decoder) export(n *yaml.Node, path string, out *Export) {
 			d.boolean(f.val, key, &out.Trim)
 		case "allow_in_use":
 			d.boolean(f.val, key, &out.AllowInUse)
+		case "tls":
+			d.str(f.val, key, &out.TLS)
 		}
 	}
 }

@@ -29,6 +29,11 @@
 //	log:
 //	  level: info               # debug | info | warn | error
 //	  format: text              # text | json
+//	tls:                        # NBD_OPT_STARTTLS; PEM files, relative to this file
+//	  mode: ""                  # off | optional | required; "": optional if cert is set, else off
+//	  cert: ""                  # server certificate chain
+//	  key: ""                   # its private key
+//	  ca: ""                    # if set, clients must present a certificate signed by it
 //	exports:                    # may be empty: exports can arrive by reload
 //	  - name: rootfs            # required, unique, 1 to 4096 bytes of UTF-8, no NUL
 //	    path: /dev/mmcblk0p2    # required; relative to this file's directory
@@ -46,6 +51,7 @@
 //	    fua: true
 //	    trim: true
 //	    allow_in_use: false
+//	    tls: ""                 # "" or optional: as the server | required: only over TLS
 //
 // Decoding is strict: an unknown key, a repeated key, or a value of the
 // wrong type (a string for a boolean, a list for a name) is an error. YAML

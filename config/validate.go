@@ -55,6 +55,7 @@ func (c *Config) validate(skip func(key string) bool) (Errors, int) {
 	v.discovery()
 	v.limits()
 	v.log()
+	v.tls()
 	v.exports()
 	v.errs.sortByLine()
 	return v.errs, v.dropped
@@ -172,6 +173,29 @@ func (v *validator) text(key, s string) {
 	}
 }
 
+func (v *validator) tls() {
+	t := v.c.TLS
+	switch mode := t.EffectiveMode(); mode {
+	case TLSOff:
+		if t.Cert != "" || t.Key != "" || t.CA != "" {
+			v.at("tls.mode", "is off, but certificates are given (leave mode out, or set optional or required)")
+		}
+		return
+	case TLSOptional, TLSRequired:
+		if t.Cert == "" {
+			v.at("tls.cert", "missing (tls mode %s needs the server's certificate, a PEM file)", mode)
+		}
+	default:
+		v.at("tls.mode", "unknown mode %s (want off, optional or required)", quote(t.Mode))
+	}
+	if t.Cert != "" && t.Key == "" {
+		v.at("tls.key", "missing (want the PEM private key of tls.cert)")
+	}
+	if t.Key != "" && t.Cert == "" {
+		v.at("tls.cert", "missing (tls.key is set; want its certificate, a PEM file)")
+	}
+}
+
 func (v *validator) limits() {
 	l := v.c.Limits
 	if l.MaxConnections < 1 {
@@ -285,6 +309,16 @@ func (ev *exportValidator) check() {
 	}
 	if e.Size > 0 && e.Offset > 0 && e.Offset > math.MaxInt64-e.Size {
 		ev.errorf("size", "offset %d + size %d is past the largest possible file", e.Offset, e.Size)
+	}
+
+	switch e.TLS {
+	case "", TLSOptional:
+	case TLSRequired:
+		if ev.v.c.TLS.EffectiveMode() == TLSOff {
+			ev.errorf("tls", "required, but the server has no TLS (set tls.cert and tls.key at the top level)")
+		}
+	default:
+		ev.errorf("tls", "unknown value %s (want optional or required)", quote(e.TLS))
 	}
 
 	switch e.CopyOnWrite {
