@@ -142,7 +142,7 @@ func (s *storage) fresh() bool {
 // newServed builds an export. Unless the export is per client it opens the
 // storage now: a missing path leaves it unavailable (and logged), any other
 // failure is an error.
-func newServed(cfg config.Export, log *slog.Logger) (*served, error) {
+func newServed(cfg config.Export, tlsCfg config.TLS, log *slog.Logger) (*served, error) {
 	e := &served{cfg: cfg, log: log.With("export", cfg.Name), cache: map[string]*storage{}}
 	e.exp = nbd.Export{
 		Name:        cfg.Name,
@@ -153,6 +153,7 @@ func newServed(cfg config.Export, log *slog.Logger) (*served, error) {
 		NoTrim:      !cfg.Trim,
 		NoMultiConn: cfg.CopyOnWrite == config.CopyOnWriteConnection,
 		IdleTimeout: cfg.IdleTimeout,
+		TLSOnly:     cfg.TLS == config.TLSRequired || tlsCfg.EffectiveMode() == config.TLSRequired,
 		Open:        e.open,
 	}
 	if e.perClient() {

@@ -39,9 +39,18 @@ func newAppliance(cfg *config.Config, log *slog.Logger) (*appliance, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsConfig, err := serverTLS(cfg.TLS)
+	if err != nil {
+		for _, e := range list {
+			e.retire()
+		}
+		return nil, err
+	}
 	set := &exportSet{list: list}
 	a := &appliance{log: log, cfg: cfg, exports: set}
 	a.srv = &nbd.Server{
+		TLSConfig:        tlsConfig,
+		RequireTLS:       cfg.TLS.EffectiveMode() == config.TLSRequired,
 		Exports:          set,
 		Logger:           log,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
@@ -62,7 +71,7 @@ func buildExports(cfg *config.Config, old []*served, log *slog.Logger) ([]*serve
 			list = append(list, old[i])
 			continue
 		}
-		e, err := newServed(ec, log)
+		e, err := newServed(ec, cfg.TLS, log)
 		if err != nil {
 			for _, n := range list {
 				if !slices.Contains(old, n) {
@@ -83,8 +92,8 @@ func buildExports(cfg *config.Config, old []*served, log *slog.Logger) ([]*serve
 func (a *appliance) reload(cfg *config.Config) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !slices.Equal(cfg.Listen, a.cfg.Listen) || cfg.Limits != a.cfg.Limits {
-		a.log.Warn("reload: listen and limits changes take effect at the next restart")
+	if !slices.Equal(cfg.Listen, a.cfg.Listen) || cfg.Limits != a.cfg.Limits || cfg.TLS != a.cfg.TLS {
+		a.log.Warn("reload: listen, limits and tls changes take effect at the next restart")
 	}
 	old := a.exports.exports()
 	list, err := buildExports(cfg, old, a.log)
