@@ -159,6 +159,10 @@ func (a *appliance) run(ctx context.Context, lns []net.Listener, configPath stri
 		a.log.Info("listening", "addr", ln.Addr().String())
 		wg.Go(func() { errc <- a.srv.Serve(ln) })
 	}
+	ad, aerr := a.startAdvertising(lns)
+	if aerr != nil {
+		a.log.Error("discovery failed; serving without advertising (set discovery.enabled: false to silence this)", "err", aerr)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -184,8 +188,12 @@ loop:
 			if lerr != nil {
 				a.log.Error("reload rejected; still serving the previous configuration", "file", configPath, "err", lerr)
 			}
+			ad.refresh()
 		}
 	}
+	// Withdraw the exports from the network first, so that no new client
+	// comes while the others drain.
+	ad.close()
 	a.log.Info("shutting down; draining connections", "connections", a.srv.Connections())
 	sctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
