@@ -1,0 +1,271 @@
+package discovery
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The exports of the interop tests: one plain, one whose name has a dot
+// and a space.
+var (
+	rootfs = Export{Name: "rootfs", Description: "Debian 13 arm64", Size: 8 << 30, ReadOnly: true, BlockSize: 512}
+	dotted = Export{Name: "img.v2 lab", Size: 1 << 20, TLS: true}
+	late   = Export{Name: "late", Size: 4096}
+)
+
+// checkFound checks that Browse found exactly the exports, from host
+// "boarda" on 10.231.0.1 and a link-local IPv6 address, with their TXT.
+func checkFound(found []Found, host string, exports ...Export) error {
+	if len(found) != len(exports) {
+		return fmt.Errorf("found %d exports, want %d: %+v", len(found), len(exports), found)
+	}
+	for _, e := range exports {
+		i := slices.IndexFunc(found, func(f Found) bool { return f.Export == e.Name })
+		if i < 0 {
+			return fmt.Errorf("export %q not found in %+v", e.Name, found)
+		}
+		f := found[i]
+		if want := e.Name + " on " + host; f.Instance != want {
+			return fmt.Errorf("instance %q, want %q", f.Instance, want)
+		}
+		if f.Port != DefaultPort || f.Size != e.Size || f.ReadOnly != e.ReadOnly || f.TLS != e.TLS ||
+			f.Description != e.Description || f.BlockSize != e.BlockSize || f.Board != "lab bench 3" {
+			return fmt.Errorf("export %q: found %+v, want %+v on port %d, board \"lab bench 3\"", e.Name, f, e, DefaultPort)
+		}
+		if f.TXT["txtvers"] != "1" {
+			return fmt.Errorf("export %q: txtvers %q", e.Name, f.TXT["txtvers"])
+		}
+		var v4, ll bool
+		for _, a := range f.Addrs {
+			if a.IsLoopback() {
+				return fmt.Errorf("export %q advertised loopback %v", e.Name, a)
+			}
+			v4 = v4 || a == netip.MustParseAddr(addrA)
+			ll = ll || (a.Is6() && a.IsLinkLocalUnicast() && a.Zone() != "")
+		}
+		if !v4 || !ll {
+			return fmt.Errorf("export %q: addresses %v, want %s and a zoned link-local IPv6", e.Name, f.Addrs, addrA)
+		}
+	}
+	return nil
+}
+
+// checkAvahi checks that avahi-browse resolved every export on IPv4 to
+// 10.231.0.1 port 10809 with its TXT, and nothing else of ours.
+func checkAvahi(entries []avahiEntry, host string, exports ...Export) error {
+	var names []string
+	for _, e := range entries {
+		if !slices.Contains(names, e.Name) {
+			names = append(names, e.Name)
+		}
+	}
+	if len(names) != len(exports) {
+		return fmt.Errorf("avahi-browse resolved %q, want %d exports", names, len(exports))
+	}
+	for _, e := range exports {
+		want := e.Name + " on " + host
+		i := slices.IndexFunc(entries, func(a avahiEntry) bool { return a.Name == want && a.Proto == "IPv4" })
+		if i < 0 {
+			return fmt.Errorf("no IPv4 resolution of %q in %+v", want, entries)
+		}
+		a := entries[i]
+		if a.Addr != addrA || a.Port != DefaultPort || !slices.Contains(a.TXT, "export="+e.Name) || !slices.Contains(a.TXT, "txtvers=1") {
+			return fmt.Errorf("%q resolved to %+v, want %s:%d and TXT export=%s", want, a, addrA, DefaultPort, e.Name)
+		}
+	}
+	return nil
+}
+
+// TestBuiltinInterop runs the built-in responder in namespace A ("auto"
+// with no system bus, so it must pick builtin) and checks, from
+// namespace B, that Browse and avahi-browse see the exports, a late one
+// and its removal live, a dot-and-space name intact, an address added to
+// the interface re-announced, and everything gone within seconds of
+// Close.
+func TestBuiltinInterop(t *testing.T) {
+	needRoot(t, "avahi-daemon", "avahi-browse", "dbus-daemon")
+	l := newLab(t)
+	avahiB := startAvahi(t, l.nsB, l.vethB, "boardb")
+
+	adv := startAdvertiser(t, l.nsA, Config{Backend: BackendAuto, Host: "boarda", Board: "lab bench 3"},
+		"DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent/bus")
+	if adv.backend != BackendBuiltin {
+		t.Fatalf("auto without a system bus chose %q, want builtin", adv.backend)
+	}
+	adv.update(rootfs, dotted)
+	bcfg := BrowseConfig{Interfaces: []string{l.vethB}, Timeout: 1500 * time.Millisecond}
+
+	t.Run("Browse", func(t *testing.T) {
+		waitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
+			err := checkFound(browse(t, l.nsB, bcfg), "boarda", rootfs, dotted)
+			return err == nil, fmt.Sprint(err)
+		})
+	})
+	t.Run("avahi-browse", func(t *testing.T) {
+		waitFor(t, 15*time.Second, "avahi-browse resolving both exports", func() (bool, string) {
+			entries, out := avahiBrowse(t, l.nsB, avahiB)
+			err := checkAvahi(entries, "boarda", rootfs, dotted)
+			return err == nil, fmt.Sprintf("%v\n%s", err, out)
+		})
+	})
+	t.Run("live update", func(t *testing.T) {
+		lines := watchAvahi(t, l.nsB, avahiB)
+		waitLine(t, lines, "=;", "IPv4;rootfs\\032on\\032boarda;")
+		adv.update(rootfs, dotted, late)
+		waitLine(t, lines, "=;", "IPv4;late\\032on\\032boarda;")
+		adv.update(rootfs, dotted)
+		waitLine(t, lines, "-;", "IPv4;late\\032on\\032boarda;")
+	})
+	t.Run("address change", func(t *testing.T) {
+		const extra = "10.231.0.11"
+		cfg, _ := json.Marshal(listenConfig{Iface: l.vethB, Addr: netip.MustParseAddr(extra), Timeout: 3*pollInterval + 5*time.Second})
+		listen := start(t, l.nsB, []string{helperEnv + "=listen", helperConfigEnv + "=" + string(cfg)}, os.Args[0], "-test.run=^$")
+		out, err := listen.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		listen.Stderr = &testLogWriter{t: t, prefix: "listen: "}
+		if err := listen.Start(); err != nil {
+			t.Fatal(err)
+		}
+		stopAtCleanup(t, listen)
+		sc := bufio.NewScanner(out)
+		if !sc.Scan() || sc.Text() != "listening" {
+			t.Fatalf("listen helper: %q", sc.Text())
+		}
+		if out, err := exec.Command("ip", "-n", l.nsA, "addr", "add", extra+"/24", "dev", l.vethA).CombinedOutput(); err != nil {
+			t.Fatalf("ip addr add: %v\n%s", err, out)
+		}
+		if err := listen.Wait(); err != nil {
+			t.Fatalf("no unsolicited announcement of %s after adding it: %v", extra, err)
+		}
+	})
+	t.Run("goodbye on Close", func(t *testing.T) {
+		closed := time.Now()
+		adv.close()
+		// Without goodbyes avahi-daemon would keep the records for their
+		// TTLs: 120 s and 75 minutes.
+		waitFor(t, 10*time.Second, "exports gone from avahi-browse", func() (bool, string) {
+			entries, out := avahiBrowse(t, l.nsB, avahiB)
+			return len(entries) == 0, out
+		})
+		t.Logf("gone from avahi-browse %v after Close", time.Since(closed).Round(100*time.Millisecond))
+		if found := browse(t, l.nsB, BrowseConfig{Interfaces: []string{l.vethB}, Timeout: 500 * time.Millisecond}); len(found) != 0 {
+			t.Errorf("Browse after Close found %+v, want nothing", found)
+		}
+	})
+}
+
+// TestAvahiBackend runs avahi-daemon in both namespaces; "auto" in A must
+// pick avahi, and both namespaces, with avahi-browse and with Browse
+// (which shares its host with avahi-daemon), find the exports.
+func TestAvahiBackend(t *testing.T) {
+	needRoot(t, "avahi-daemon", "avahi-browse", "dbus-daemon")
+	l := newLab(t)
+	avahiA := startAvahi(t, l.nsA, l.vethA, "boarda")
+	avahiB := startAvahi(t, l.nsB, l.vethB, "boardb")
+
+	adv := startAdvertiser(t, l.nsA, Config{Backend: BackendAuto, Host: "boarda", Board: "lab bench 3"}, avahiA.env())
+	if adv.backend != BackendAvahi {
+		t.Fatalf("auto with avahi-daemon on the bus chose %q, want avahi", adv.backend)
+	}
+	adv.update(rootfs, dotted)
+
+	for _, ns := range []struct {
+		name string
+		ns   string
+		d    *avahiDaemon
+	}{{"B", l.nsB, avahiB}, {"A", l.nsA, avahiA}} {
+		t.Run("avahi-browse in "+ns.name, func(t *testing.T) {
+			waitFor(t, 15*time.Second, "avahi-browse resolving both exports", func() (bool, string) {
+				entries, out := avahiBrowse(t, ns.ns, ns.d)
+				err := checkAvahi(entries, "boarda", rootfs, dotted)
+				return err == nil, fmt.Sprintf("%v\n%s", err, out)
+			})
+		})
+	}
+	t.Run("Browse in B", func(t *testing.T) {
+		waitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
+			err := checkFound(browse(t, l.nsB, BrowseConfig{Interfaces: []string{l.vethB}, Timeout: 1500 * time.Millisecond}), "boarda", rootfs, dotted)
+			return err == nil, fmt.Sprint(err)
+		})
+	})
+	t.Run("Browse in A beside avahi-daemon", func(t *testing.T) {
+		waitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
+			err := checkFound(browse(t, l.nsA, BrowseConfig{Interfaces: []string{l.vethA}, Timeout: 1500 * time.Millisecond}), "boarda", rootfs, dotted)
+			return err == nil, fmt.Sprint(err)
+		})
+	})
+	t.Run("live update", func(t *testing.T) {
+		lines := watchAvahi(t, l.nsB, avahiB)
+		waitLine(t, lines, "=;", "IPv4;rootfs\\032on\\032boarda;")
+		adv.update(rootfs, dotted, late)
+		waitLine(t, lines, "=;", "IPv4;late\\032on\\032boarda;")
+	})
+	t.Run("goodbye on Close", func(t *testing.T) {
+		adv.close()
+		closed := time.Now()
+		waitFor(t, 10*time.Second, "exports gone from avahi-browse in B", func() (bool, string) {
+			entries, out := avahiBrowse(t, l.nsB, avahiB)
+			return len(entries) == 0, out
+		})
+		t.Logf("gone from avahi-browse %v after Close", time.Since(closed).Round(100*time.Millisecond))
+	})
+}
+
+// watchAvahi starts a long-running avahi-browse -rpk _nbd._tcp in ns and
+// returns its output lines.
+func watchAvahi(t *testing.T, ns string, d *avahiDaemon) <-chan string {
+	t.Helper()
+	cmd := start(t, ns, []string{d.env()}, "avahi-browse", "-rpk", "_nbd._tcp")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopAtCleanup(t, cmd)
+	lines := make(chan string, 256)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default: // the test stopped reading
+			}
+		}
+	}()
+	return lines
+}
+
+// waitLine waits at most 10 s for a line with the prefix that contains
+// part.
+func waitLine(t *testing.T, lines <-chan string, prefix, part string) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	var seen []string
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("avahi-browse exited; saw:\n%s", strings.Join(seen, "\n"))
+			}
+			seen = append(seen, l)
+			if strings.HasPrefix(l, prefix) && strings.Contains(l, part) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("avahi-browse printed no %q line with %q in 10 s; saw:\n%s", prefix, part, strings.Join(seen, "\n"))
+		}
+	}
+}
