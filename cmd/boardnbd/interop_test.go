@@ -1014,9 +1014,8 @@ func TestInteropInetd(t *testing.T) {
 		name string
 		argv []string
 	}{
+		// The README's example.
 		{"nbdinfo [ serve -c ] (socket activation)", []string{bin, "serve", "-c", cfg}},
-		// The README's example of --inetd.
-		{"nbdinfo [ serve --inetd -c ] as the README shows", []string{bin, "serve", "--inetd", "-c", cfg}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"--json", "--", "["}, tc.argv...)

@@ -32,9 +32,18 @@ func exportName(path string) string { return filepath.Base(path) }
 // systemd (Accept=yes) or nbdinfo's [ CMD ] form connect to a socket.
 func serveInetd(a *appliance) int {
 	defer a.exports.close()
-	nc, err := net.FileConn(os.Stdin)
-	if err != nil {
-		// Not a socket (a pipe pair): serve over the two descriptors.
+	// net.FileConn would set O_NONBLOCK on the descriptor before finding
+	// out it is not a socket, and a pipe shared with the parent would then
+	// read EAGAIN; so look first.
+	var nc net.Conn
+	if fi, err := os.Stdin.Stat(); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		nc, err = net.FileConn(os.Stdin)
+		if err != nil {
+			a.log.Error("inetd: standard input is a socket that cannot be used", "err", err)
+			return 1
+		}
+	} else {
+		// A pipe pair: serve over the two descriptors.
 		nc = nbd.NewPipeConn(os.Stdin, os.Stdout, pipeAddr{}, func() error {
 			os.Stdout.Close()
 			return os.Stdin.Close()
