@@ -5,6 +5,7 @@
 //	boardnbd serve [--listen ADDR] [--readonly] PATH...
 //	boardnbd demo
 //	boardnbd check -c FILE
+//	boardnbd discover [--json] [--wait NAME]
 //	boardnbd version
 package main
 
@@ -37,6 +38,7 @@ Usage:
   boardnbd serve [flags] PATH...       serve image files or devices, named by base name
   boardnbd demo [flags]                serve a sparse demo image on 127.0.0.1:10809
   boardnbd check -c FILE               check a config file and show what it would serve
+  boardnbd discover [flags]            list NBD exports advertised on the network (mDNS)
   boardnbd version                     print version, commit, Go version and target
 
 Run "boardnbd COMMAND -h" for a command's flags.
@@ -60,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDemo(args, stderr)
 	case "check":
 		return cmdCheck(args, stdout, stderr)
+	case "discover":
+		return cmdDiscover(args, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "boardnbd %s (commit %s) %s %s/%s\n",
 			version, commit, runtime.Version(), runtime.GOOS, goarch())
