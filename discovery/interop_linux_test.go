@@ -269,3 +269,40 @@ func waitLine(t *testing.T, lines <-chan string, prefix, part string) {
 		}
 	}
 }
+
+// TestAvahiCollision publishes "rootfs on boarda" from namespace B first;
+// the avahi backend in A must take avahi's alternative name and still
+// advertise the export.
+func TestAvahiCollision(t *testing.T) {
+	needRoot(t, "avahi-daemon", "avahi-browse", "avahi-publish", "dbus-daemon")
+	l := newLab(t)
+	avahiA := startAvahi(t, l.nsA, l.vethA, "boarda")
+	avahiB := startAvahi(t, l.nsB, l.vethB, "boardb")
+
+	squatter := start(t, l.nsB, []string{avahiB.env()}, "avahi-publish", "-s", "rootfs on boarda", "_nbd._tcp", "1234", "squatter=1")
+	squatter.Stderr = &testLogWriter{t: t, prefix: "avahi-publish: "}
+	if err := squatter.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopAtCleanup(t, squatter)
+	waitFor(t, 15*time.Second, "the squatter in avahi-browse", func() (bool, string) {
+		entries, out := avahiBrowse(t, l.nsB, avahiB)
+		return slices.ContainsFunc(entries, func(e avahiEntry) bool { return e.Name == "rootfs on boarda" }), out
+	})
+
+	adv := startAdvertiser(t, l.nsA, Config{Backend: BackendAvahi, Host: "boarda", Board: "lab bench 3"}, avahiA.env())
+	adv.update(rootfs)
+	waitFor(t, 20*time.Second, "rootfs under a new name beside the squatter", func() (bool, string) {
+		entries, out := avahiBrowse(t, l.nsB, avahiB)
+		var ours, theirs bool
+		for _, e := range entries {
+			if e.Proto != "IPv4" {
+				continue
+			}
+			theirs = theirs || (e.Name == "rootfs on boarda" && e.Port == 1234)
+			ours = ours || (strings.HasPrefix(e.Name, "rootfs on boarda #") && e.Port == DefaultPort &&
+				e.Addr == addrA && slices.Contains(e.TXT, "export=rootfs"))
+		}
+		return ours && theirs, out
+	})
+}

@@ -107,9 +107,13 @@ func cleanText(s string) string {
 }
 
 // renderInstance expands the instance template for one export: %e the
-// export name, %h the host, %% a percent sign. Unknown verbs stay as
-// they are. The result is cut to 63 bytes.
+// export name ("(default)" for NBD's default export, ""), %h the host,
+// %% a percent sign. Unknown verbs stay as they are. The result is cut to
+// 63 bytes.
 func renderInstance(template, export, host string) string {
+	if export == "" {
+		export = "(default)"
+	}
 	var b strings.Builder
 	for i := 0; i < len(template); i++ {
 		c := template[i]

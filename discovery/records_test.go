@@ -84,6 +84,7 @@ func TestRenderInstance(t *testing.T) {
 		{"%e", "tab\there", "h", "tabhere"},
 		{"%e", "bad\xffutf8", "h", "bad\uFFFDutf8"},
 		{"", "disk", "h", "disk"},
+		{DefaultInstance, "", "h", "(default) on h"},
 		{"%e", long, "h", strings.Repeat("é", 31)}, // 62 bytes: é is never split
 	} {
 		if got := renderInstance(tc.tmpl, tc.export, tc.host); got != tc.want {
