@@ -77,9 +77,6 @@ const (
 	followUpTries = 3
 )
 
-// ErrNoInterface means Browse found no interface to send queries on.
-var ErrNoInterface = errors.New("discovery: no up, multicast-capable interface with an address")
-
 // Browse asks every chosen interface for _nbd._tcp instances, resolves
 // them, and returns what it found when ctx ends or the timeout passes,
 // sorted by export and host. The end of ctx is not an error.

@@ -55,9 +55,16 @@ const DefaultPort = 10809
 // Config.Instance is empty.
 const DefaultInstance = "%e on %h"
 
+// Sentinel errors.
 var (
-	ErrClosed  = errors.New("discovery: advertiser closed")
+	// ErrClosed is what Update returns after Close.
+	ErrClosed = errors.New("discovery: advertiser closed")
+	// ErrNoAvahi is what New returns for Backend "avahi" when avahi-daemon
+	// does not own its name on the system bus.
 	ErrNoAvahi = errors.New("discovery: avahi-daemon is not reachable on the system bus")
+	// ErrNoInterface is what Browse returns when no interface can send
+	// queries.
+	ErrNoInterface = errors.New("discovery: no up, multicast-capable interface with an address")
 )
 
 // avahiProbeTimeout bounds how long "auto" waits for the system bus.
