@@ -41,8 +41,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		// Opened as the server would (read-write unless the export is
 		// read-only, so the device's own read-only state shows), but
 		// never written to.
+		// A device held by something else (a running boardnbd, a mount)
+		// is opened anyway and reported, since check writes nothing.
 		probe := ec
 		probe.CopyOnWrite = ""
+		probe.AllowInUse = true
 		st, err := openStorage(&probe, ec.Path, "")
 		if err != nil {
 			fmt.Fprintf(tw, "  error\t%v\n", err)
@@ -70,6 +73,13 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(tw, "  read-only\t%s\n", ro)
 		fmt.Fprintf(tw, "  rotational\t%v\n", d.Rotational)
+		if d.InUse {
+			if ec.AllowInUse {
+				fmt.Fprintf(tw, "  in use\tyes: mounted or held by another program (allow_in_use: true serves it anyway)\n")
+			} else {
+				fmt.Fprintf(tw, "  in use\tyes: mounted or held by another program, perhaps a running boardnbd;\n\t  serve will refuse it unless that is boardnbd itself or allow_in_use: true is set\n")
+			}
+		}
 		b.Close()
 	}
 	tw.Flush()

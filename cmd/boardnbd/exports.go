@@ -139,10 +139,10 @@ func (s *storage) fresh() bool {
 	return err == nil && os.SameFile(fi, s.fi)
 }
 
-// newServed builds an export. Unless the export is per client it opens the
-// storage now: a missing path leaves it unavailable (and logged), any other
-// failure is an error.
-func newServed(cfg config.Export, tlsCfg config.TLS, log *slog.Logger) (*served, error) {
+// newServed builds an export. Unless the export is per client or lazy it
+// opens the storage now: a missing path leaves it unavailable (and logged),
+// any other failure is an error.
+func newServed(cfg config.Export, tlsCfg config.TLS, log *slog.Logger, lazy bool) (*served, error) {
 	e := &served{cfg: cfg, log: log.With("export", cfg.Name), cache: map[string]*storage{}}
 	e.exp = nbd.Export{
 		Name:        cfg.Name,
@@ -156,7 +156,7 @@ func newServed(cfg config.Export, tlsCfg config.TLS, log *slog.Logger) (*served,
 		TLSOnly:     cfg.TLS == config.TLSRequired || tlsCfg.EffectiveMode() == config.TLSRequired,
 		Open:        e.open,
 	}
-	if e.perClient() {
+	if e.perClient() || lazy {
 		return e, nil
 	}
 	st, err := e.acquire(netip.Addr{})

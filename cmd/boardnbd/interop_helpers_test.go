@@ -63,7 +63,7 @@ func boardnbdBinary(t *testing.T) string {
 		bin := filepath.Join(interop.dir, "boardnbd")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+		cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, ".")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			interop.buildErr = fmt.Errorf("go build ./cmd/boardnbd: %v\n%s", err, out)

@@ -149,7 +149,7 @@ func serveConfig(cfg *config.Config, configPath string, inetd bool, stderr io.Wr
 		fmt.Fprintf(stderr, "boardnbd: %v\n", err)
 		return 2
 	}
-	a, err := newAppliance(cfg, log)
+	a, err := newAppliance(cfg, log, inetd)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1

@@ -33,9 +33,12 @@ type appliance struct {
 }
 
 // newAppliance opens the storage of every export in cfg. It fails on the
-// first export that cannot be opened, naming it.
-func newAppliance(cfg *config.Config, log *slog.Logger) (*appliance, error) {
-	list, err := buildExports(cfg, nil, log)
+// first export that cannot be opened, naming it. A lazy appliance (inetd
+// mode: one process per client) opens only what its client asks for, when
+// it asks, so that one client's export being busy or absent does not turn
+// away a client of another.
+func newAppliance(cfg *config.Config, log *slog.Logger, lazy bool) (*appliance, error) {
+	list, err := buildExports(cfg, nil, log, lazy)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +66,7 @@ func newAppliance(cfg *config.Config, log *slog.Logger) (*appliance, error) {
 
 // buildExports makes the exports of cfg, reusing from old every export
 // whose configuration is unchanged (its storage and its clients stay).
-func buildExports(cfg *config.Config, old []*served, log *slog.Logger) ([]*served, error) {
+func buildExports(cfg *config.Config, old []*served, log *slog.Logger, lazy bool) ([]*served, error) {
 	var list []*served
 	for _, ec := range cfg.Exports {
 		i := slices.IndexFunc(old, func(o *served) bool { return o.cfg.Equal(&ec) })
@@ -71,7 +74,7 @@ func buildExports(cfg *config.Config, old []*served, log *slog.Logger) ([]*serve
 			list = append(list, old[i])
 			continue
 		}
-		e, err := newServed(ec, cfg.TLS, log)
+		e, err := newServed(ec, cfg.TLS, log, lazy)
 		if err != nil {
 			for _, n := range list {
 				if !slices.Contains(old, n) {
@@ -96,7 +99,7 @@ func (a *appliance) reload(cfg *config.Config) error {
 		a.log.Warn("reload: listen, limits and tls changes take effect at the next restart")
 	}
 	old := a.exports.exports()
-	list, err := buildExports(cfg, old, a.log)
+	list, err := buildExports(cfg, old, a.log, false)
 	if err != nil {
 		return err
 	}

@@ -28,8 +28,8 @@ func newLogger(c config.Log, w io.Writer) (*slog.Logger, error) {
 // exportName is the export name of a PATH argument: its base name.
 func exportName(path string) string { return filepath.Base(path) }
 
-// serveInetd serves one client on standard input and output, which inetd,
-// systemd (Accept=yes) or nbdinfo's [ CMD ] form connect to a socket.
+// serveInetd serves one client on standard input and output: a socket from
+// inetd or systemd (Accept=yes), or a pipe pair.
 func serveInetd(a *appliance) int {
 	defer a.exports.close()
 	// net.FileConn would set O_NONBLOCK on the descriptor before finding
