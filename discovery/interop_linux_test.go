@@ -72,13 +72,22 @@ func checkAvahi(entries []avahiEntry, host string, exports ...Export) error {
 	}
 	for _, e := range exports {
 		want := e.Name + " on " + host
-		i := slices.IndexFunc(entries, func(a avahiEntry) bool { return a.Name == want && a.Proto == "IPv4" })
-		if i < 0 {
-			return fmt.Errorf("no IPv4 resolution of %q in %+v", want, entries)
+		// avahi may report a resolution on the IPv4 link with A's IPv6
+		// link-local address; require the IPv4 address on one of them.
+		var got []avahiEntry
+		for _, a := range entries {
+			if a.Name == want {
+				got = append(got, a)
+			}
 		}
-		a := entries[i]
-		if a.Addr != addrA || a.Port != DefaultPort || !slices.Contains(a.TXT, "export="+e.Name) || !slices.Contains(a.TXT, "txtvers=1") {
-			return fmt.Errorf("%q resolved to %+v, want %s:%d and TXT export=%s", want, a, addrA, DefaultPort, e.Name)
+		i := slices.IndexFunc(got, func(a avahiEntry) bool { return a.Addr == addrA })
+		if i < 0 {
+			return fmt.Errorf("no resolution of %q to %s in %+v", want, addrA, entries)
+		}
+		for _, a := range got {
+			if a.Port != DefaultPort || !slices.Contains(a.TXT, "export="+e.Name) || !slices.Contains(a.TXT, "txtvers=1") {
+				return fmt.Errorf("%q resolved to %+v, want port %d and TXT export=%s", want, a, DefaultPort, e.Name)
+			}
 		}
 	}
 	return nil
