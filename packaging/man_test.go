@@ -76,7 +76,7 @@ func TestManPageCoversCommands(t *testing.T) {
 	}
 	for _, c := range cmds {
 		if !regexp.MustCompile(`(?m)^\.B boardnbd ` + c[1] + `\b`).MatchString(page) {
-			t.Errorf("boardnbd.8: SYNOPSIS lacks \"boardnbd %s\", which boardnbd's usage lists", c[1])
+			t.Errorf("packaging/boardnbd.8: SYNOPSIS lacks \"boardnbd %s\", which boardnbd's usage lists; document it there (and under COMMANDS)", c[1])
 		}
 	}
 }
@@ -99,7 +99,7 @@ func TestConfigManPageCoversKeys(t *testing.T) {
 	}
 	for _, k := range keys {
 		if !regexp.MustCompile(`(?m)^\.BR? (?:.*[ ".])?` + k[1] + `\b`).MatchString(page) {
-			t.Errorf("boardnbd.yaml.5 does not document the key %s", k[1])
+			t.Errorf("packaging/boardnbd.yaml.5 does not document the key %s of config/doc.go's complete file; add it there", k[1])
 		}
 	}
 
