@@ -907,33 +907,39 @@ func bootSetup(t *testing.T) *bootArtifacts {
 // packages and fails if that does not bring them.
 func bootNeedTools(t *testing.T) {
 	t.Helper()
-	missing := func() []string {
-		var pkgs []string
+	missing := func() (cmds, pkgs []string) {
 		for name, pkg := range bootTools {
-			if _, err := exec.LookPath(name); err != nil && !slices.Contains(pkgs, pkg) {
-				pkgs = append(pkgs, pkg)
+			if _, err := exec.LookPath(name); err != nil {
+				cmds = append(cmds, name)
+				if !slices.Contains(pkgs, pkg) {
+					pkgs = append(pkgs, pkg)
+				}
 			}
 		}
+		sort.Strings(cmds)
 		sort.Strings(pkgs)
-		return pkgs
+		return cmds, pkgs
 	}
-	pkgs := missing()
-	if len(pkgs) == 0 {
+	cmds, pkgs := missing()
+	if len(cmds) == 0 {
 		return
 	}
 	if !appCI() {
-		t.Skipf("missing %s (apt-get install --no-install-recommends %s)", strings.Join(pkgs, " "), strings.Join(pkgs, " "))
+		t.Skipf("missing %s (apt-get install --no-install-recommends %s)", strings.Join(cmds, ", "), strings.Join(pkgs, " "))
 	}
-	t.Logf("installing %s", strings.Join(pkgs, " "))
+	t.Logf("missing %s: installing %s", strings.Join(cmds, ", "), strings.Join(pkgs, " "))
 	if out, err := bootCommand(bootFetchTimeout, "apt-get", "update", "-qq"); err != nil {
 		t.Fatalf("apt-get update: %v\n%s", err, out)
 	}
-	args := append([]string{"install", "-y", "-qq", "--no-install-recommends"}, pkgs...)
-	if out, err := bootCommand(bootFetchTimeout, "apt-get", args...); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), bootFetchTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "apt-get", append([]string{"install", "-y", "-qq", "--no-install-recommends"}, pkgs...)...)
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("apt-get install %s: %v\n%s", strings.Join(pkgs, " "), err, out)
 	}
-	if pkgs := missing(); len(pkgs) > 0 {
-		t.Fatalf("still missing after apt-get install: %s", strings.Join(pkgs, " "))
+	if still, _ := missing(); len(still) > 0 {
+		t.Fatalf("after apt-get install %s, still missing: %s", strings.Join(pkgs, " "), strings.Join(still, ", "))
 	}
 }
 
