@@ -490,7 +490,7 @@ type traceResult struct {
 // counts per request mean anything, not the speed.
 func (b *bench) traceSyscalls(ctx context.Context) {
 	for _, s := range b.servers {
-		for _, w := range []workload{wRandRead1, wRandRead32, wRandWrite1} {
+		for _, w := range []workload{wRandRead1, wRandRead32, wRandWrite1, wRandWrit32} {
 			if ctx.Err() != nil {
 				return
 			}

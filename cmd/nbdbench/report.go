@@ -100,7 +100,7 @@ func resultTable(w io.Writer, servers []string, wls []workload, res *results, ro
 		header = append(header, "boardnbd ÷ nbdkit")
 	}
 	if rounds > 1 {
-		header = append(header, "spread")
+		header = append(header, "spread (largest)")
 	}
 	var rows [][]string
 	for _, wl := range wls {
@@ -110,7 +110,7 @@ func resultTable(w io.Writer, servers []string, wls []workload, res *results, ro
 				title = wl.title
 			}
 			row := []string{title, m.name}
-			worst := math.NaN()
+			worst, worstAt := math.NaN(), ""
 			for _, s := range servers {
 				cell := formatValue(res.median(wl.key, m, s))
 				if wl.copy != nil && wl.copy.conns > 1 && noMulti[s] {
@@ -121,7 +121,7 @@ func resultTable(w io.Writer, servers []string, wls []workload, res *results, ro
 				}
 				row = append(row, cell)
 				if sp := spread(res.samples(wl.key, m, s)); !math.IsNaN(sp) && (math.IsNaN(worst) || sp > worst) {
-					worst = sp
+					worst, worstAt = sp, s
 				}
 			}
 			b := res.median(wl.key, m, srvBoardnbd)
@@ -139,8 +139,10 @@ func resultTable(w io.Writer, servers []string, wls []workload, res *results, ro
 			if rounds > 1 {
 				if math.IsNaN(worst) {
 					row = append(row, dash)
+				} else if worst == 0 {
+					row = append(row, "0%")
 				} else {
-					row = append(row, fmt.Sprintf("%.0f%%", 100*worst))
+					row = append(row, fmt.Sprintf("%.0f%% %s", 100*worst, worstAt))
 				}
 			}
 			rows = append(rows, row)
@@ -187,6 +189,9 @@ func judge(res *results, servers []string, f *footprint) []verdict {
 			} else {
 				v.state = passFail(r <= factor)
 			}
+			if overlap(res.samples(wl.key, m, srvBoardnbd), res.samples(wl.key, m, peer), factor) {
+				v.state += " (rounds overlap)"
+			}
 		}
 		out = append(out, v)
 	}
@@ -229,6 +234,18 @@ func judge(res *results, servers []string, f *footprint) []verdict {
 		})
 	}
 	return out
+}
+
+// overlap reports whether the rounds of a and of b scaled by factor cover
+// a common range, so that the medians' order may be noise. It needs two
+// rounds of each.
+func overlap(a, b []float64, factor float64) bool {
+	a = slices.DeleteFunc(slices.Clone(a), math.IsNaN)
+	b = slices.DeleteFunc(slices.Clone(b), math.IsNaN)
+	if len(a) < 2 || len(b) < 2 {
+		return false
+	}
+	return slices.Max(a) >= factor*slices.Min(b) && slices.Min(a) <= factor*slices.Max(b)
 }
 
 // losses lists the figures where a peer beats boardnbd.
@@ -372,7 +389,7 @@ func (b *bench) report(w io.Writer, cmdline, loadStart string, took time.Duratio
 		"in 10 ms ticks, over the client's run.")
 	if b.set.rounds > 1 {
 		fmt.Fprintln(w, "- spread: (max − min) / median of a figure over the rounds, for the server where it is largest. "+
-			"Other work on the machine shows up here.")
+			"Other work on the machine shows up here. A target verdict says \"rounds overlap\" when the two servers' rounds share a range, so that their order may be noise.")
 	}
 	fmt.Fprintln(w)
 
