@@ -64,6 +64,7 @@ import (
 // Limits and addresses of the boot tests.
 const (
 	bootQemuTimeout  = 90 * time.Second // one VM from start to power-off, under load
+	bootStuckTimeout = 10 * time.Second // qemu before it starts the guest
 	bootFetchTimeout = 5 * time.Minute  // apt-get update, download or install
 	bootToolTimeout  = time.Minute      // mkfs, debugfs, e2fsck, ip
 
@@ -190,10 +191,18 @@ func TestBootQemuClient(t *testing.T) {
 		{"server loses writes", "losing", "root", func(t *testing.T, r *bootRun) {
 			r.wantLostWrites(t)
 		}},
+		{"server never answers", "silent", "root", func(t *testing.T, r *bootRun) {
+			r.wantQemuStuck(t)
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := bootStart(t, a, c.server)
+			if c.server == "silent" {
+				// qemu has no handshake timeout: it waits for the
+				// server before it starts the guest, until killed.
+				r.timeout = bootStuckTimeout
+			}
 			r.bootQemuClient(t, c.export)
 			c.check(t, r)
 		})
@@ -213,8 +222,10 @@ type bootRun struct {
 	sum    string // its sha256
 	nonce  string // on the kernel command line, written by the guest
 
-	server *appServer // boardnbd, unless silent
-	proxy  *bootProxy // losing only
+	server  *appServer    // boardnbd, unless silent
+	proxy   *bootProxy    // losing only
+	silent  *atomic.Int32 // silent only: connections accepted
+	timeout time.Duration // for qemu; bootQemuTimeout unless set
 
 	// After the boot:
 	console string // the serial console
@@ -256,7 +267,7 @@ func bootStart(t *testing.T, a *bootArtifacts, kind string) *bootRun {
 		r.server = bootServe(t, r.ns, r.dir, r.img, net.JoinHostPort(bootServerIP, bootUpstream), false)
 		r.proxy = bootStartProxy(t, r.ns, listen, net.JoinHostPort(bootServerIP, bootUpstream))
 	case "silent":
-		bootStartSilent(t, r.ns, listen)
+		r.silent = bootStartSilent(t, r.ns, listen)
 	default:
 		t.Fatalf("bootStart: unknown server kind %q", kind)
 	}
@@ -290,7 +301,8 @@ func (r *bootRun) bootQemuClient(t *testing.T, export string) {
 }
 
 // qemu runs the VM in the namespace until it powers off or
-// bootQemuTimeout passes, and records the console and qemu's stderr.
+// r.timeout (bootQemuTimeout) passes, and records the console and qemu's
+// stderr.
 func (r *bootRun) qemu(t *testing.T, cmdline string, extra ...string) {
 	t.Helper()
 	args := []string{"netns", "exec", r.ns, "qemu-system-x86_64",
@@ -305,7 +317,10 @@ func (r *bootRun) qemu(t *testing.T, cmdline string, extra ...string) {
 		t.Fatal(err)
 	}
 	defer console.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), bootQemuTimeout)
+	if r.timeout == 0 {
+		r.timeout = bootQemuTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", args...)
 	var stderr bytes.Buffer
@@ -317,7 +332,7 @@ func (r *bootRun) qemu(t *testing.T, cmdline string, extra ...string) {
 	r.qemuErr = cmd.Run()
 	r.elapsed = time.Since(start)
 	if ctx.Err() != nil {
-		r.qemuErr = fmt.Errorf("no power-off within %v; killed (%v)", bootQemuTimeout, r.qemuErr)
+		r.qemuErr = fmt.Errorf("no power-off within %v; killed (%v)", r.timeout, r.qemuErr)
 	}
 	text, err := os.ReadFile(consolePath)
 	if err != nil {
@@ -436,6 +451,23 @@ func (r *bootRun) wantQemuRefused(t *testing.T, want string) {
 		t.Fatalf("qemu refused with %q, want a reason containing %q\n%s", strings.TrimSpace(r.stderr), want, r.report())
 	}
 	t.Logf("qemu: %s", strings.TrimSpace(r.stderr))
+}
+
+// wantQemuStuck checks the case of a server that accepts and never
+// answers, with qemu as the client: qemu connected, waited in the
+// handshake without starting the guest, and the time limit ended it.
+func (r *bootRun) wantQemuStuck(t *testing.T) {
+	t.Helper()
+	if r.silent.Load() == 0 {
+		t.Fatalf("qemu never connected to the silent server\n%s", r.report())
+	}
+	if !strings.Contains(bootOr(r.qemuErr, ""), "no power-off within") {
+		t.Fatalf("qemu: %v, want it still waiting for the server when killed\n%s", bootOr(r.qemuErr, "exit 0"), r.report())
+	}
+	if strings.Contains(r.console, "Linux version") {
+		t.Fatalf("the guest kernel started although the disk's server never answered\n%s", r.report())
+	}
+	t.Logf("qemu waited for the server's greeting until killed at %v, the guest never started", r.timeout)
 }
 
 // wantClient checks boardnbd's log of the connection to the root export:
@@ -600,12 +632,14 @@ func bootListen(t *testing.T, ns, addr string) net.Listener {
 }
 
 // bootStartSilent is a server that never answers: it accepts connections
-// and holds them open without a byte, until the test ends.
-func bootStartSilent(t *testing.T, ns, addr string) {
+// and holds them open without a byte, until the test ends. It returns the
+// count of connections accepted.
+func bootStartSilent(t *testing.T, ns, addr string) *atomic.Int32 {
 	t.Helper()
 	ln := bootListen(t, ns, addr)
 	var mu sync.Mutex
 	var conns []net.Conn
+	accepted := new(atomic.Int32)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -617,6 +651,7 @@ func bootStartSilent(t *testing.T, ns, addr string) {
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
+			accepted.Add(1)
 		}
 	}()
 	t.Cleanup(func() {
@@ -628,6 +663,7 @@ func bootStartSilent(t *testing.T, ns, addr string) {
 			c.Close()
 		}
 	})
+	return accepted
 }
 
 // bootProxy forwards NBD connections to boardnbd and loses every write:
