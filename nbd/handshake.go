@@ -199,6 +199,9 @@ func (c *conn) lookupError(opt uint32, name string, err error) error {
 	case errors.Is(err, errExportNeedsTLS):
 		return c.optError(opt, repErrTLSReqd, fmt.Sprintf("export %q requires TLS: use NBD_OPT_STARTTLS", name))
 	case errors.Is(err, ErrUnknownExport):
+		// A mistyped export name is the most common lab problem: say it
+		// at the default level.
+		c.log.Info("client asked for an export that does not exist (or is not for it)", "export", name)
 		return c.optError(opt, repErrUnknown, fmt.Sprintf("no export named %q", name))
 	case errors.Is(err, ErrNotAllowed):
 		return c.optError(opt, repErrPolicy, fmt.Sprintf("export %q: %v", name, err))
@@ -233,6 +236,7 @@ func (c *conn) optExportName(data []byte) error {
 	name := string(data)
 	e, b, err := c.open(name)
 	if err != nil {
+		c.log.Info("NBD_OPT_EXPORT_NAME cannot be served; hanging up, as that option has no error reply", "export", name, "err", err)
 		return fmt.Errorf("%w: %q: %v", errNoExport, name, err)
 	}
 	c.start(e, b, false)
