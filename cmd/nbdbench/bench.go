@@ -27,14 +27,16 @@ const (
 type settings struct {
 	rounds      int
 	fioTime     time.Duration
-	straceTime  time.Duration
+	syscallTime time.Duration
 	imageMiB    int64
 	servers     []string
 	workloads   []workload
 	conns       []int // idle connection counts for the footprint
 	settle      time.Duration
 	copyTimeout time.Duration
-	strace      bool
+	syscalls    bool // count system calls per I/O
+	perf        bool // with perf stat (set by prepare: perf is installed)
+	strace      bool // with strace -c (likewise)
 	footprint   bool
 	dir         string
 	boardnbdBin string // prebuilt binary; "" builds one
@@ -93,10 +95,14 @@ func (b *bench) prepare(ctx context.Context) (func(), error) {
 	if len(keep) == 0 {
 		return nil, errors.New("no server to measure")
 	}
-	if b.set.strace {
-		if err := needTool("strace"); err != nil {
-			b.notes = append(b.notes, fmt.Sprintf("syscall counts skipped: %v", err))
-			b.set.strace = false
+	if b.set.syscalls {
+		b.set.perf, b.set.strace = true, true
+		for _, t := range []string{"perf", "strace"} {
+			if err := needTool(t); err != nil {
+				b.notes = append(b.notes, fmt.Sprintf("syscall counts without %s: %v", t, err))
+				b.set.perf = b.set.perf && t != "perf"
+				b.set.strace = b.set.strace && t != "strace"
+			}
 		}
 	}
 	if n, err := raiseNofile(1 << 16); err != nil || n < 4096 {
@@ -452,9 +458,16 @@ func (b *bench) runFio(ctx context.Context, w workload, s *server) (map[metric]f
 // fio runs one fio job against s and returns its report and the server's
 // CPU time over it.
 func (b *bench) fio(ctx context.Context, j fioJob, s *server, runtime time.Duration) (fioResult, time.Duration, error) {
+	return b.runFioJob(ctx, j, s, runtime, nil)
+}
+
+// runFioJob is fio with its command line after prefix (a program that
+// runs it, such as perf stat).
+func (b *bench) runFioJob(ctx context.Context, j fioJob, s *server, runtime time.Duration, prefix []string) (fioResult, time.Duration, error) {
 	out := filepath.Join(b.dir, "fio.json")
 	os.Remove(out)
-	cmd := exec.CommandContext(ctx, "fio", fioArgs(j, s.uri(), runtime, out)...)
+	argv := append(append(slices.Clone(prefix), "fio"), fioArgs(j, s.uri(), runtime, out)...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	_, cpu, err := measure(cmd, s)
 	if err != nil {
 		return fioResult{}, 0, err
@@ -475,38 +488,88 @@ func tail(b []byte) string {
 	return string(b)
 }
 
-// traceResult is the syscall count of one server over one fio job.
+// traceResult is what one server did in the kernel over one fio job:
+// counted by perf stat, which barely slows it, and broken down by syscall
+// with strace -c, which slows it a lot.
 type traceResult struct {
 	server string
 	job    workload
-	ios    int64
+	perf   *perfCounts // nil when perf is missing or failed
+	ios    int64       // I/Os of the strace run
 	total  syscallCount
 	top    []syscallCount
-	err    error
+	err    error // of the strace run
 }
 
-// traceSyscalls counts the server's system calls per I/O with strace -c
-// during short fio runs. strace slows the server down a lot; only the
-// counts per request mean anything, not the speed.
+// perfCounts are the counters of a perf stat run, with the I/Os it covered.
+type perfCounts struct {
+	ios      int64
+	syscalls float64
+	switches float64
+	cpuMs    float64 // task-clock
+}
+
+// traceSyscalls measures each server's system calls per I/O during short
+// fio runs: the totals with perf stat's syscall tracepoint and context
+// switch counters, then, in a second run, the breakdown by syscall with
+// strace -c. Under strace the server is much slower and requests pile up,
+// so calls that batch or poll (read, epoll, futex, nanosleep) come at
+// other rates than untraced; the perf figures are the ones to compare,
+// strace says which calls they are.
 func (b *bench) traceSyscalls(ctx context.Context) {
 	for _, s := range b.servers {
 		for _, w := range []workload{wRandRead1, wRandRead32, wRandWrite1, wRandWrit32} {
 			if ctx.Err() != nil {
 				return
 			}
-			tr := b.traceOne(ctx, w, s)
-			if tr.err != nil {
-				b.fail("strace %s %s: %v", s.name, w.title, tr.err)
-			} else {
-				b.progress("strace %-10s %-28s %.2f syscalls per I/O", s.name, w.title, float64(tr.total.calls)/float64(tr.ios))
+			tr := traceResult{server: s.name, job: w}
+			var msg []string
+			if b.set.perf {
+				p, err := b.perfOne(ctx, w, s)
+				if err != nil {
+					b.fail("perf stat %s %s: %v", s.name, w.title, err)
+				} else {
+					tr.perf = p
+					msg = append(msg, fmt.Sprintf("perf: %.2f syscalls, %.2f context switches per I/O", p.syscalls/float64(p.ios), p.switches/float64(p.ios)))
+				}
 			}
+			if b.set.strace {
+				b.straceOne(ctx, w, s, &tr)
+				if tr.err != nil {
+					b.fail("strace %s %s: %v", s.name, w.title, tr.err)
+				} else {
+					msg = append(msg, fmt.Sprintf("strace: %.2f syscalls per I/O", float64(tr.total.calls)/float64(tr.ios)))
+				}
+			}
+			b.progress("syscalls %-10s %-28s %s", s.name, w.title, strings.Join(msg, "; "))
 			b.traces = append(b.traces, tr)
 		}
 	}
 }
 
-func (b *bench) traceOne(ctx context.Context, w workload, s *server) traceResult {
-	tr := traceResult{server: s.name, job: w}
+// perfOne counts during one fio run under perf stat -p, which follows the
+// server's threads and the children it forks.
+func (b *bench) perfOne(ctx context.Context, w workload, s *server) (*perfCounts, error) {
+	out := filepath.Join(b.dir, "perf.csv")
+	os.Remove(out)
+	prefix := []string{"perf", "stat", "-x,", "-o", out, "-e", perfEvents, "-p", strconv.Itoa(s.pid), "--"}
+	r, _, err := b.runFioJob(ctx, *w.fio, s, b.set.syscallTime, prefix)
+	if err != nil {
+		return nil, err
+	}
+	csv, err := os.ReadFile(out)
+	if err != nil {
+		return nil, err
+	}
+	c, err := parsePerfStat(csv)
+	if err != nil {
+		return nil, err
+	}
+	p := &perfCounts{ios: r.ios, syscalls: c[evSyscalls], switches: c[evSwitches], cpuMs: c[evTaskClock]}
+	return p, nil
+}
+
+func (b *bench) straceOne(ctx context.Context, w workload, s *server, tr *traceResult) {
 	out := filepath.Join(b.dir, "strace.txt")
 	os.Remove(out)
 	st := exec.Command("strace", "-c", "-f", "-q", "-o", out, "-p", strconv.Itoa(s.pid))
@@ -515,7 +578,7 @@ func (b *bench) traceOne(ctx context.Context, w workload, s *server) traceResult
 	st.Stderr = &stderr
 	if err := st.Start(); err != nil {
 		tr.err = err
-		return tr
+		return
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !threadsTraced(s.pid) {
@@ -523,29 +586,28 @@ func (b *bench) traceOne(ctx context.Context, w workload, s *server) traceResult
 			st.Process.Kill()
 			st.Wait()
 			tr.err = fmt.Errorf("strace did not attach to pid %d within 10s: %s", s.pid, stderr.String())
-			return tr
+			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	r, _, err := b.fio(ctx, *w.fio, s, b.set.straceTime)
+	r, _, err := b.fio(ctx, *w.fio, s, b.set.syscallTime)
 	st.Process.Signal(os.Interrupt)
 	werr := st.Wait()
 	if err != nil {
 		tr.err = err
-		return tr
+		return
 	}
 	if werr != nil && !strings.Contains(werr.Error(), "interrupt") {
 		tr.err = fmt.Errorf("strace: %v: %s", werr, stderr.String())
-		return tr
+		return
 	}
 	summary, err := os.ReadFile(out)
 	if err != nil {
 		tr.err = err
-		return tr
+		return
 	}
 	tr.total, tr.top, tr.err = parseStraceSummary(summary)
 	tr.ios = r.ios
-	return tr
 }
 
 // stopServers stops the benchmarked servers, to leave the machine to the

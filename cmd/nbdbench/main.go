@@ -3,8 +3,8 @@
 // tmpfs, with independent clients: nbdcopy for sequential copies and fio's
 // nbd engine for random and large I/O. It reports throughput, p99 latency
 // and the server's CPU time per unit of work, as medians over rounds in
-// which the servers take turns, then boardnbd's memory footprint and,
-// under strace, system calls per request.
+// which the servers take turns, then system calls per request (perf stat
+// and strace -c) and boardnbd's memory footprint.
 //
 //	go run ./cmd/nbdbench                 # about 7 minutes: 3 rounds
 //	go run ./cmd/nbdbench -quick          # under a minute: smoke test
@@ -44,9 +44,9 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	servers := fs.String("servers", strings.Join(allServers, ","), "servers to measure, comma-separated")
 	wls := fs.String("workloads", "", "workloads to run, comma-separated (default all: "+workloadKeys()+")")
 	conns := fs.String("conns", "100,1000", "idle connection counts for boardnbd's memory per connection")
-	quick := fs.Bool("quick", false, "smoke test: 1 round, 1s fio runs, 128 MiB images, 100 idle connections, no strace")
-	trace := fs.Bool("strace", true, "count the servers' system calls per I/O with strace -c")
-	traceTime := fs.Duration("strace-time", 2*time.Second, "length of each fio run under strace")
+	quick := fs.Bool("quick", false, "smoke test: 1 round, 1s fio runs, 128 MiB images, 100 idle connections, no syscall counts")
+	sys := fs.Bool("syscalls", true, "count the servers' system calls per I/O (perf stat, strace -c)")
+	sysTime := fs.Duration("syscall-time", 2*time.Second, "length of each fio run under perf stat and under strace")
 	copyTimeout := fs.Duration("copy-timeout", 30*time.Second, "stop an nbdcopy run after this long and report the rate over the part copied")
 	foot := fs.Bool("footprint", true, "measure boardnbd's binary size and memory")
 	settle := fs.Duration("settle", 2*time.Second, "wait before reading a server's RSS")
@@ -64,7 +64,7 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	if *quick {
 		// The quick defaults yield to flags given explicitly.
 		for name, v := range map[string]string{"rounds": "1", "time": "1s", "size": "128",
-			"conns": "100", "strace": "false", "settle": "1s", "copy-timeout": "10s"} {
+			"conns": "100", "syscalls": "false", "settle": "1s", "copy-timeout": "10s"} {
 			if !given[name] {
 				fs.Set(name, v)
 			}
@@ -72,8 +72,8 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	}
 
 	set := settings{
-		rounds: *rounds, fioTime: *fioTime, straceTime: *traceTime, imageMiB: *sizeMiB,
-		copyTimeout: *copyTimeout, settle: *settle, strace: *trace, footprint: *foot, dir: *dir, boardnbdBin: *bin, quick: *quick,
+		rounds: *rounds, fioTime: *fioTime, syscallTime: *sysTime, imageMiB: *sizeMiB,
+		copyTimeout: *copyTimeout, settle: *settle, syscalls: *sys, footprint: *foot, dir: *dir, boardnbdBin: *bin, quick: *quick,
 	}
 	var err error
 	if set.servers, err = parseServers(*servers); err == nil {
@@ -85,8 +85,8 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	case err != nil:
 	case set.rounds < 1:
 		err = fmt.Errorf("-rounds %d: want at least 1", set.rounds)
-	case set.fioTime < time.Second || set.straceTime < time.Second || set.copyTimeout < time.Second:
-		err = fmt.Errorf("-time, -strace-time and -copy-timeout: want at least 1s")
+	case set.fioTime < time.Second || set.syscallTime < time.Second || set.copyTimeout < time.Second:
+		err = fmt.Errorf("-time, -syscall-time and -copy-timeout: want at least 1s")
 	case set.imageMiB < 16:
 		err = fmt.Errorf("-size %d: want at least 16 MiB", set.imageMiB)
 	}
@@ -114,7 +114,7 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nbdbench: interrupted: %v\n", err)
 		return 1
 	}
-	if b.set.strace {
+	if b.set.perf || b.set.strace {
 		b.traceSyscalls(ctx)
 	}
 	b.stopServers()

@@ -276,23 +276,31 @@ func perCall(c syscallCount) float64 {
 	return c.seconds * 1e6 / float64(c.calls)
 }
 
-// traceTable shows system calls per I/O from strace -c.
+// traceTable shows system calls per I/O: perf stat's counts, then
+// strace's breakdown.
 func traceTable(w io.Writer, traces []traceResult) {
+	perIO := func(v float64, ios int64) string { return fmt.Sprintf("%.2f", v/float64(ios)) }
 	var rows [][]string
 	for _, t := range traces {
+		row := []string{t.server, t.job.title}
+		if p := t.perf; p != nil && p.ios > 0 {
+			row = append(row, perIO(p.syscalls, p.ios), perIO(p.switches, p.ios), fmt.Sprintf("%.1f", p.cpuMs*1000/float64(p.ios)))
+		} else {
+			row = append(row, dash, dash, dash)
+		}
 		if t.err != nil || t.ios == 0 {
-			rows = append(rows, []string{t.server, t.job.title, dash, "failed"})
-			continue
+			row = append(row, dash, dash)
+		} else {
+			var top []string
+			for _, c := range t.top[:min(5, len(t.top))] {
+				top = append(top, fmt.Sprintf("%s %.2f (%.0f µs)", c.name, float64(c.calls)/float64(t.ios), perCall(c)))
+			}
+			row = append(row, perIO(float64(t.total.calls), t.ios), strings.Join(top, ", "))
 		}
-		var top []string
-		for _, c := range t.top[:min(5, len(t.top))] {
-			top = append(top, fmt.Sprintf("%s %.2f (%.0f µs)", c.name, float64(c.calls)/float64(t.ios), perCall(c)))
-		}
-		rows = append(rows, []string{t.server, t.job.title,
-			fmt.Sprintf("%.2f", float64(t.total.calls)/float64(t.ios)),
-			strings.Join(top, ", ")})
+		rows = append(rows, row)
 	}
-	mdTable(w, []string{"server", "workload (under strace)", "syscalls per I/O", "most frequent: calls per I/O (µs per call)"}, rows)
+	mdTable(w, []string{"server", "workload", "syscalls/I/O (perf)", "context switches/I/O (perf)", "CPU µs/I/O (perf)",
+		"syscalls/I/O (strace)", "most frequent under strace: calls/I/O (µs per call)"}, rows)
 }
 
 // footprintTable shows boardnbd's size and memory.
@@ -436,10 +444,13 @@ func (b *bench) report(w io.Writer, cmdline, loadStart string, took time.Duratio
 	}
 
 	if len(b.traces) > 0 {
-		fmt.Fprintf(w, "## System calls per I/O (`strace -c -f -p PID` during %s fio runs)\n\n", b.set.straceTime)
+		fmt.Fprintf(w, "## System calls per I/O (fio runs of %s: `perf stat -p PID`, then `strace -c -f -p PID`)\n\n", b.set.syscallTime)
 		traceTable(w, b.traces)
-		fmt.Fprintln(w, "\nCalls by every thread and child of the server, divided by the I/Os fio completed. Under strace the servers are much slower, so only the counts compare well; "+
-			"the µs per call are strace's time column, which includes blocking (futex, epoll_pwait) and tracing overhead, but shows calls that do real work, such as lseek on tmpfs.")
+		fmt.Fprintln(w, "\nCalls by every thread and child process of the server, divided by the I/Os fio completed. "+
+			"perf counts the syscall tracepoint and context switches and barely slows the server, so its figures compare. "+
+			"strace slows the server several times, so requests pile up and batch and runtimes poll differently: its per-I/O counts of read, epoll, futex and nanosleep differ from untraced ones; "+
+			"it is there to say which calls they are. Its µs per call include blocking (futex, epoll_pwait) and tracing overhead, "+
+			"but show calls that do real work, such as lseek on tmpfs.")
 		fmt.Fprintln(w)
 	}
 

@@ -324,4 +324,5 @@ var debianPackage = map[string]string{
 	"fio":        "fio",
 	"nbdcopy":    "libnbd-bin",
 	"strace":     "strace",
+	"perf":       "linux-perf",
 }
