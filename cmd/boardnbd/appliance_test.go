@@ -38,7 +38,7 @@ func TestApplianceLoopDevices(t *testing.T) {
 	big := appLoop(t, appWriteFile(t, dir, "big.img", appRandom(bigSize, 2)), "--sector-size", "4096")
 	roImg := appWriteFile(t, dir, "ro.img", appRandom(roSize, 3))
 	ro := appLoop(t, roImg, "-r")
-	roHash := appHash(t, roImg)
+	roHash := fileHex(t, roImg)
 
 	s := appServe(t, dir, fmt.Sprintf("  - {name: plain, path: %s}\n  - {name: big, path: %s}\n  - {name: ro, path: %s}\n",
 		plain, big, ro))
@@ -76,7 +76,7 @@ func TestApplianceLoopDevices(t *testing.T) {
 		t.Errorf("nbdsh pwrite(off=0) to the losetup -r export = %s, want EPERM", got)
 	}
 	s.Stop(t)
-	if h := appHash(t, roImg); h != roHash {
+	if h := fileHex(t, roImg); h != roHash {
 		t.Errorf("the image under the losetup -r device changed")
 	}
 }
@@ -177,7 +177,7 @@ func TestApplianceCopyOnWrite(t *testing.T) {
 	const size = 4 << 20
 	connBase := appWriteFile(t, dir, "conn.img", appRandom(size, 10))
 	persBase := appWriteFile(t, dir, "pers.img", appRandom(size, 11))
-	hashes := map[string]string{connBase: appHash(t, connBase), persBase: appHash(t, persBase)}
+	hashes := map[string]string{connBase: fileHex(t, connBase), persBase: fileHex(t, persBase)}
 	s := appServe(t, dir, `  - {name: conn, path: conn.img, copy_on_write: connection}
   - {name: pers, path: pers.img, copy_on_write: persistent, overlay: pers.overlay}
 `)
@@ -220,7 +220,7 @@ print(h.pread(len(data), 4096) == data)
 	}
 	s.Stop(t)
 	for path, h := range hashes {
-		if got := appHash(t, path); got != h {
+		if got := fileHex(t, path); got != h {
 			t.Errorf("base %s changed under copy-on-write: sha256 %s, was %s", filepath.Base(path), got, h)
 		}
 	}

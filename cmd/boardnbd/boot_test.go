@@ -257,7 +257,7 @@ func bootStart(t *testing.T, a *bootArtifacts, kind string) *bootRun {
 	binary.LittleEndian.PutUint64(nonce[:], rand.Uint64())
 	r.nonce = hex.EncodeToString(nonce[:])
 	r.img = bootRootImage(t, r.dir, a.busybox, r.known, r.sum)
-	r.imgSum = bootFileSum(t, r.img)
+	r.imgSum = fileHex(t, r.img)
 
 	listen := net.JoinHostPort(bootServerIP, bootPort)
 	switch kind {
@@ -504,7 +504,7 @@ func (r *bootRun) wantImage(t *testing.T) {
 func (r *bootRun) wantImageUnchanged(t *testing.T) {
 	t.Helper()
 	r.stopServer(t)
-	if got := bootFileSum(t, r.img); got != r.imgSum {
+	if got := fileHex(t, r.img); got != r.imgSum {
 		t.Fatalf("image changed: sha256 %s, was %s\n%s", got, r.imgSum, r.report())
 	}
 }
@@ -1539,21 +1539,6 @@ func bootCopy(t *testing.T, src, dst string, mode os.FileMode) {
 	if err := bootCopyFile(src, dst, mode); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// bootFileSum returns the sha256 of a file, in hex.
-func bootFileSum(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // bootTail returns the last n lines of s.

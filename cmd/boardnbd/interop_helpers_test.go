@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -526,6 +527,13 @@ func writeRandomImage(t *testing.T, path string, size int64, seed uint64) [32]by
 		t.Fatal(err)
 	}
 	return [32]byte(h.Sum(nil))
+}
+
+// fileHex is fileSHA256 in hex.
+func fileHex(t *testing.T, path string) string {
+	t.Helper()
+	sum := fileSHA256(t, path)
+	return hex.EncodeToString(sum[:])
 }
 
 // fileSHA256 hashes a whole file.
