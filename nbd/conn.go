@@ -30,6 +30,11 @@ const (
 	maxDescriptors = 1 << 14
 )
 
+// minHoleRead is the smallest structured read worth asking the backend for
+// holes: below it, finding them costs more system calls than sending the
+// zeroes saves.
+const minHoleRead = 64 << 10
+
 var errDisconnect = errors.New("nbd: client disconnected with NBD_CMD_DISC")
 
 // conn is one client connection. Its reader goroutine decodes requests and
@@ -506,7 +511,7 @@ func (c *conn) read(s *slot) {
 		return
 	}
 	s.cks = s.cks[:0]
-	if c.canExtents && r.flags&cmdFlagDF == 0 {
+	if c.canExtents && r.flags&cmdFlagDF == 0 && len(buf) >= minHoleRead {
 		c.planChunks(s)
 	}
 	if len(s.cks) <= 1 {

@@ -400,9 +400,11 @@ func TestStructuredReadWithHoles(t *testing.T) {
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", true)
 
-	tc.request(0, cmdRead, 1, 0, 3*4096, nil)
-	got := make([]byte, 3*4096)
+	const n = minHoleRead // [0,4K) hole, [4K,8K) data, the rest hole
+	tc.request(0, cmdRead, 1, 0, n, nil)
+	got := make([]byte, n)
 	var holes, datas int
+	var holeBytes uint32
 	for _, ck := range tc.chunks() {
 		switch ck.typ {
 		case replyTypeOffsetData:
@@ -411,18 +413,22 @@ func TestStructuredReadWithHoles(t *testing.T) {
 			datas++
 		case replyTypeOffsetHole:
 			holes++
-			if n := binary.BigEndian.Uint32(ck.payload[8:]); n != 4096 {
-				t.Errorf("hole size = %d", n)
-			}
+			holeBytes += binary.BigEndian.Uint32(ck.payload[8:])
 		default:
 			t.Fatalf("chunk type %d", ck.typ)
 		}
 	}
-	if holes != 2 || datas != 1 {
-		t.Errorf("READ gave %d hole and %d data chunks, want 2 and 1", holes, datas)
+	if holes != 2 || datas != 1 || holeBytes != n-4096 {
+		t.Errorf("READ gave %d hole chunks of %d bytes and %d data chunks, want 2 of %d and 1", holes, holeBytes, datas, n-4096)
 	}
-	if !bytes.Equal(got, disk.bytesAt(0, 3*4096)) {
+	if !bytes.Equal(got, disk.bytesAt(0, n)) {
 		t.Errorf("READ data differs from the export")
+	}
+
+	// A small read is not worth finding holes in: one data chunk.
+	tc.request(0, cmdRead, 3, 0, 3*4096, nil)
+	if cks := tc.chunks(); len(cks) != 1 || cks[0].typ != replyTypeOffsetData {
+		t.Errorf("small READ gave %d chunks (first of type %d), want one data chunk", len(cks), cks[0].typ)
 	}
 
 	// With DF: one data chunk, zeroes included.

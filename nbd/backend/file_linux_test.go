@@ -212,3 +212,17 @@ func TestOpenNotWritable(t *testing.T) {
 		t.Errorf("ReadAt(off=0) read-only = %v", err)
 	}
 }
+
+// A fully allocated image has no holes: Extents answers from fstat alone,
+// without walking the file (slow on tmpfs), and still says "data".
+func TestFileExtentsFullyAllocated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "full.img")
+	if err := os.WriteFile(path, bytes.Repeat([]byte{1}, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := openT(t, path, Options{})
+	got := extents(t, f, 4096, 64<<10)
+	if len(got) != 1 || got[0] != (Extent{Length: 64 << 10}) {
+		t.Errorf("Extents(off=4096, len=64K) of a full file = %v, want one data extent", got)
+	}
+}
