@@ -20,7 +20,7 @@ BIN     := bin/$(TARGET)/boardnbd
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 FUZZTIME ?= 10s
 
-.PHONY: help build test deps lint fuzz clean dist package sizes install pkg-version nfpm-tool FORCE
+.PHONY: help build test deps lint fuzz clean dist package sizes install pkg-version nfpm-tool FORCE bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ lint: ## gofmt and go vet
 
 test: deps lint ## install test tools, lint, and run every test with the race detector
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+bench: ## compare boardnbd with nbdkit, nbd-server and qemu-nbd on loopback (root, ~7 min; BENCHFLAGS=-quick for a smoke run)
+	$(GO) run ./cmd/nbdbench $(BENCHFLAGS)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 	@for pkg in $$($(GO) list ./...); do \
