@@ -706,3 +706,26 @@ func TestShutdownLeavesNoGoroutines(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestIdleTimeout(t *testing.T) {
+	e := memExport("disk", newMem(testSize))
+	e.IdleTimeout = 200 * time.Millisecond
+	addr := startServer(t, &Server{}, e)
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	// Requests keep it alive past the timeout...
+	for i := range 4 {
+		time.Sleep(100 * time.Millisecond)
+		tc.request(0, cmdRead, uint64(i), 0, 512, nil)
+		if e, _ := tc.simple(); e != 0 {
+			t.Fatalf("READ %d = %d", i, e)
+		}
+		tc.read(make([]byte, 512))
+	}
+	// ...and silence ends it.
+	start := time.Now()
+	tc.closed()
+	if d := time.Since(start); d < 150*time.Millisecond || d > 3*time.Second {
+		t.Errorf("idle connection closed after %v, want about 200ms", d)
+	}
+}
