@@ -27,7 +27,7 @@ help: ## list the targets
 
 build: ## build bin/GOOS-GOARCH/boardnbd (static, stripped, version stamped)
 	CGO_ENABLED=0 GOOS=$(GOOS) GOARCH=$(GOARCH) GOARM=$(GOARM) \
-		$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/boardnbd
+		$(GO) build -trimpath $(if $(TAGS),-tags $(TAGS),) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/boardnbd
 	@echo "built $(BIN) ($$(stat -c %s $(BIN)) bytes)"
 
 deps: ## install the real NBD clients and tools the tests use (Debian, as root)
@@ -40,6 +40,7 @@ lint: ## gofmt and go vet
 
 test: deps lint ## install test tools, lint, and run every test with the race detector
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -tags pprof -run Pprof ./cmd/boardnbd/
 
 bench: ## compare boardnbd with nbdkit, nbd-server and qemu-nbd on loopback (root, ~7 min; BENCHFLAGS=-quick for a smoke run)
 	$(GO) run ./cmd/nbdbench $(BENCHFLAGS)

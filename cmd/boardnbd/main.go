@@ -100,6 +100,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	listen := fs.String("listen", "", "listen on `ADDR` (host:port) instead of the config's listen:")
 	readonly := fs.Bool("readonly", false, "serve the PATHs read-only")
 	inetd := fs.Bool("inetd", false, "serve one client on standard input and output, as inetd starts it")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiler on `ADDR`, a loopback host:port (off by default; needs a build with TAGS=pprof)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: boardnbd serve -c FILE\n       boardnbd serve [--listen ADDR] [--readonly] PATH...\n\n")
 		fs.PrintDefaults()
@@ -137,6 +138,19 @@ func cmdServe(args []string, stderr io.Writer) int {
 	}
 	if *listen != "" {
 		cfg.Listen = []string{*listen}
+	}
+	if *pprofAddr != "" {
+		log, err := newLogger(cfg.Log, stderr)
+		if err == nil {
+			var ln io.Closer
+			if ln, err = startPprof(*pprofAddr, log); err == nil {
+				defer ln.Close()
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "boardnbd: %v\n", err)
+			return 2
+		}
 	}
 	return serveConfig(cfg, *file, *inetd, stderr)
 }
