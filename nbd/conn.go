@@ -395,17 +395,15 @@ func (c *conn) stopWorkers() {
 // previous call.
 func (c *conn) trimIfIdle() {
 	n := c.requests.Load()
-	if n == c.trimSeen && c.nInflight.Load() == 0 && c.parked.Load() > 0 {
-		for {
-			select {
-			case c.work <- nil:
-				continue
-			default:
-			}
-			break
+	idle := n == c.trimSeen && c.nInflight.Load() == 0
+	c.trimSeen = n
+	for idle {
+		select {
+		case c.work <- nil:
+		default:
+			return
 		}
 	}
-	c.trimSeen = n
 }
 
 // handle runs one request on the backend and replies.
