@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // Helpers of the appliance tests (appliance_test.go): they run the real

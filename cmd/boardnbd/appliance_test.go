@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // The appliance tests run the real boardnbd binary, as a user would, against

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // End-to-end tests of discovery with the real binary: "boardnbd serve"

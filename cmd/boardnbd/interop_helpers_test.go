@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // Helpers of interop_test.go: build the real binary once, run it as a
@@ -491,7 +493,7 @@ func (l *lineLog) String() string {
 func imageDir(t *testing.T, need int64) string {
 	t.Helper()
 	var st syscall.Statfs_t
-	if err := syscall.Statfs("/dev/shm", &st); err == nil && int64(st.Bavail)*st.Bsize >= 2*need {
+	if err := syscall.Statfs("/dev/shm", &st); err == nil && int64(st.Bavail)*int64(st.Bsize) >= 2*need {
 		if d, err := os.MkdirTemp("/dev/shm", "boardnbd-interop-"); err == nil {
 			t.Cleanup(func() { os.RemoveAll(d) })
 			return d

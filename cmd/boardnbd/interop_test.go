@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // Interop tests: the real boardnbd binary, started as a user starts it,

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command nbdbench measures boardnbd side by side with nbdkit, nbd-server
 // and qemu-nbd on loopback, each serving its own copy of the same image in
 // tmpfs, with independent clients: nbdcopy for sequential copies and fio's
