@@ -729,3 +729,34 @@ func TestIdleTimeout(t *testing.T) {
 		t.Errorf("idle connection closed after %v, want about 200ms", d)
 	}
 }
+
+// During shutdown a client still in the handshake is told so: every option
+// but ABORT gets NBD_REP_ERR_SHUTDOWN until the grace ends.
+func TestShutdownDuringHandshake(t *testing.T) {
+	s := &Server{Exports: ExportList{memExport("disk", newMem(testSize))}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	tc := dialFixed(t, ln.Addr().String())
+	tc.opt(optList, nil) // the connection is registered and mid-handshake
+	tc.replies(optList)
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	for !s.shutting.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	tc.opt(optGo, exportReq("disk"))
+	if rs := tc.replies(optGo); rs[len(rs)-1].typ != repErrShutdown {
+		t.Errorf("GO during shutdown = %#x, want NBD_REP_ERR_SHUTDOWN", rs[len(rs)-1].typ)
+	}
+	tc.opt(optAbort, nil)
+	if r := tc.reply(); r.typ != repAck {
+		t.Errorf("ABORT during shutdown = %#x, want ACK", r.typ)
+	}
+	tc.closed()
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown = %v", err)
+	}
+}
