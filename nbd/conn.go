@@ -428,7 +428,14 @@ func (c *conn) handle(s *slot) {
 		c.blockStatus(s)
 		return
 	case cmdWrite:
-		if _, err = c.be.WriteAt(*s.buf, off); err == nil {
+		if r.flags&cmdFlagFUA != 0 {
+			// Durable on its own where the storage can: a journal
+			// commit need not flush everything written before it.
+			_, err = backend.WriteAtFUA(c.be, *s.buf, off)
+		} else {
+			_, err = c.be.WriteAt(*s.buf, off)
+		}
+		if err == nil {
 			c.bytesWritten.Add(uint64(n))
 		}
 	case cmdFlush:
@@ -447,7 +454,7 @@ func (c *conn) handle(s *slot) {
 	case cmdCache:
 		// A hint only; the kernel's page cache already does read-ahead.
 	}
-	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdFlush {
+	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdFlush && r.typ != cmdWrite {
 		err = c.be.Flush()
 	}
 	if err != nil {

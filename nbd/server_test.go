@@ -760,3 +760,30 @@ func TestShutdownDuringHandshake(t *testing.T) {
 		t.Errorf("Shutdown = %v", err)
 	}
 }
+
+// fuaBackend counts writes made durable on their own.
+type fuaBackend struct {
+	*memBackend
+	fuaWrites int
+}
+
+func (f *fuaBackend) WriteAtFUA(p []byte, off int64) (int, error) {
+	f.with(func() { f.fuaWrites++ })
+	return f.memBackend.WriteAt(p, off)
+}
+
+func TestFUAWriteUsesTheStoragesOwnFUA(t *testing.T) {
+	fb := &fuaBackend{memBackend: newMem(testSize)}
+	addr := startServer(t, &Server{}, &Export{Name: "disk", Open: func(net.Addr) (backend.Backend, error) { return fb, nil }})
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.request(cmdFlagFUA, cmdWrite, 1, 0, 4, []byte("jrnl"))
+	if e, _ := tc.simple(); e != 0 {
+		t.Fatalf("FUA WRITE = %d", e)
+	}
+	var fua, flushes int
+	fb.with(func() { fua, flushes = fb.fuaWrites, fb.flushes })
+	if fua != 1 || flushes != 0 {
+		t.Errorf("FUA WRITE: %d FUA writes and %d flushes, want 1 and 0", fua, flushes)
+	}
+}

@@ -345,6 +345,12 @@ type connStorage struct {
 	release func()
 }
 
+// WriteAtFUA keeps the storage's own forced-unit-access write visible
+// through the wrapper.
+func (c *connStorage) WriteAtFUA(p []byte, off int64) (int, error) {
+	return backend.WriteAtFUA(c.Backend, p, off)
+}
+
 func (c *connStorage) Close() error {
 	var err error
 	c.once.Do(func() {

@@ -53,6 +53,27 @@ type Backend interface {
 	Close() error
 }
 
+// FUAWriter is implemented by backends that can make one write durable on
+// its own, more cheaply than a Flush of everything written before it (a
+// write with forced unit access, which the kernel's file systems use for
+// their journals). WriteAtFUA returns only once p is on stable storage.
+type FUAWriter interface {
+	WriteAtFUA(p []byte, off int64) (int, error)
+}
+
+// WriteAtFUA writes p at off and makes it durable: with b's own WriteAtFUA
+// if it has one, else with WriteAt and Flush.
+func WriteAtFUA(b Backend, p []byte, off int64) (int, error) {
+	if fw, ok := b.(FUAWriter); ok {
+		return fw.WriteAtFUA(p, off)
+	}
+	n, err := b.WriteAt(p, off)
+	if err == nil {
+		err = b.Flush()
+	}
+	return n, err
+}
+
 // ZeroFlags modify Backend.Zero.
 type ZeroFlags uint8
 

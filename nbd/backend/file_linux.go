@@ -268,6 +268,40 @@ func (f *File) Flush() error {
 	return nil
 }
 
+// WriteAtFUA writes p at off with RWF_DSYNC: durable when it returns,
+// without flushing the rest of the file or device as Flush would. Where
+// the kernel lacks pwritev2 it falls back to WriteAt and Flush.
+func (f *File) WriteAtFUA(p []byte, off int64) (int, error) {
+	if err := f.checkWrite(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	done := 0
+	err := f.control(func(fd int) error {
+		for done < len(p) {
+			n, err := unix.Pwritev2(fd, [][]byte{p[done:]}, off+int64(done), unix.RWF_DSYNC)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			done += n
+		}
+		return nil
+	})
+	if err == unix.ENOSYS || err == unix.EOPNOTSUPP {
+		n, werr := f.WriteAt(p[done:], off+int64(done))
+		if werr == nil {
+			werr = f.Flush()
+		}
+		return done + n, werr
+	}
+	if err != nil {
+		return done, ioError(fmt.Errorf("backend: pwritev2 %s: %w", f.desc.Path, err))
+	}
+	return done, nil
+}
+
 // Trim releases [off, off+length): a hole punched in an image file, a
 // discard on a block device (only the whole sectors within the range). It
 // does nothing where neither is supported.

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -224,5 +225,31 @@ func TestFileExtentsFullyAllocated(t *testing.T) {
 	got := extents(t, f, 4096, 64<<10)
 	if len(got) != 1 || got[0] != (Extent{Length: 64 << 10}) {
 		t.Errorf("Extents(off=4096, len=64K) of a full file = %v, want one data extent", got)
+	}
+}
+
+func TestFileWriteAtFUA(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "d.img")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := openT(t, path, Options{})
+	s, err := NewSlice(f, 4096, 8192)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := WriteAtFUA(s, []byte("durable"), 100); n != 7 || err != nil {
+		t.Fatalf("WriteAtFUA(slice, off=100) = %d, %v", n, err)
+	}
+	got, _ := os.ReadFile(path)
+	if string(got[4196:4203]) != "durable" {
+		t.Errorf("file at 4196 = %q, want the FUA write through the slice", got[4196:4203])
+	}
+	if _, err := WriteAtFUA(s, []byte("x"), 8192); err == nil {
+		t.Errorf("WriteAtFUA past the slice succeeded")
+	}
+	ro := openT(t, path, Options{ReadOnly: true})
+	if _, err := ro.WriteAtFUA([]byte("x"), 0); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("WriteAtFUA on a read-only file = %v, want ErrReadOnly", err)
 	}
 }

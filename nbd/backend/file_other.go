@@ -53,6 +53,15 @@ func (f *File) open(path string, opts Options) error {
 	return nil
 }
 
+// WriteAtFUA writes p at off and makes it durable.
+func (f *File) WriteAtFUA(p []byte, off int64) (int, error) {
+	n, err := f.WriteAt(p, off)
+	if err == nil {
+		err = f.Flush()
+	}
+	return n, err
+}
+
 // Flush makes completed writes durable (fsync).
 func (f *File) Flush() error {
 	if f.info.ReadOnly {

@@ -79,6 +79,14 @@ func (s *slice) WriteAt(p []byte, off int64) (int, error) {
 	return s.b.WriteAt(p, s.off+off)
 }
 
+// WriteAtFUA passes a forced-unit-access write through to the storage.
+func (s *slice) WriteAtFUA(p []byte, off int64) (int, error) {
+	if err := checkRange("slice", off, int64(len(p)), s.size); err != nil {
+		return 0, err
+	}
+	return WriteAtFUA(s.b, p, s.off+off)
+}
+
 func (s *slice) Trim(off, length int64) error {
 	if err := checkRange("slice", off, length, s.size); err != nil {
 		return err
