@@ -38,8 +38,9 @@ const minHoleRead = 64 << 10
 var errDisconnect = errors.New("nbd: client disconnected with NBD_CMD_DISC")
 
 // conn is one client connection. Its reader goroutine decodes requests and
-// starts a goroutine per request for the backend I/O; replies are written
-// under wmu, one whole reply at a time, so the socket has a single writer.
+// hands each to a parked worker for the backend I/O. Replies go through a
+// queue: whichever worker finds nobody writing sends every queued reply in
+// one vectored write, so the socket has a single writer at a time.
 type conn struct {
 	srv *Server
 	// raw is the accepted connection; nc is what the protocol runs over:
@@ -70,7 +71,13 @@ type conn struct {
 	strictBlocks bool // the client asked for block sizes: enforce them
 	canExtents   bool
 
-	wmu       sync.Mutex // held while writing one reply
+	wmu       sync.Mutex // held while writing a handshake reply
+	qmu       sync.Mutex // guards the reply queue below
+	queue     []*slot    // replies waiting for the goroutine that is writing
+	spare     []*slot
+	writing   bool     // a goroutine is writing replies
+	wiov      [][]byte // the writer's vectors, reused
+	wnb       net.Buffers
 	slots     chan *slot // free request slots; bounds requests in flight
 	inflight  sync.WaitGroup
 	nInflight atomic.Int32
@@ -93,7 +100,6 @@ type slot struct {
 	held int64   // bytes charged to the connection's budget
 	hdr  []byte  // reply headers, grown as needed and kept
 	iov  [][]byte
-	nb   net.Buffers
 	ext  []backend.Extent
 	cks  []chunk
 }
@@ -265,8 +271,7 @@ func (c *conn) transmit() error {
 			}
 		}
 		if errno, msg := c.check(&req); errno != 0 {
-			c.replyError(s, errno, msg)
-			c.release(s)
+			c.replyError(s, errno, msg) // the writer releases s
 			continue
 		}
 		if req.typ == cmdRead {
@@ -296,7 +301,10 @@ func (c *conn) release(s *slot) {
 	s.buf = nil
 	c.mem.release(s.held)
 	s.held = 0
-	c.slots <- s
+	select {
+	case c.slots <- s:
+	default: // a spare made after a panic filled the channel
+	}
 }
 
 // check validates a request against the negotiated state. It returns the
@@ -412,8 +420,14 @@ func (c *conn) handle(s *slot) {
 		if p := recover(); p != nil {
 			c.log.Error("request panicked; closing the connection", "panic", p, "stack", string(debug.Stack()))
 			c.fail(fmt.Errorf("panic: %v", p))
+			// s may or may not have reached the reply queue; leave it
+			// and give the reader a fresh slot in its place.
+			select {
+			case c.slots <- new(slot):
+			default:
+			}
 		}
-		c.release(s)
+		// Otherwise s went to the reply queue, whose writer releases it.
 		c.nInflight.Add(-1)
 		c.inflight.Done()
 	}()
@@ -704,15 +718,40 @@ func (c *conn) send(s *slot, bufs ...[]byte) {
 	c.sendIOV(s)
 }
 
-// sendIOV writes the reply in s.iov with a single vectored write.
+// sendIOV queues the reply in s.iov and hands s over: whichever goroutine
+// is writing replies sends it, with every other queued reply, in one
+// vectored write, then releases the slots. At depth the replies of many
+// requests share one system call; alone, a reply is written at once by its
+// own goroutine.
 func (c *conn) sendIOV(s *slot) {
-	s.nb = s.iov
-	c.wmu.Lock()
-	_, err := s.nb.WriteTo(c.nc)
-	c.wmu.Unlock()
-	if err != nil {
-		c.fail(err)
+	c.qmu.Lock()
+	c.queue = append(c.queue, s)
+	if c.writing {
+		c.qmu.Unlock()
+		return
 	}
+	c.writing = true
+	for len(c.queue) > 0 {
+		batch := c.queue
+		c.queue = c.spare[:0]
+		c.qmu.Unlock()
+		c.wiov = c.wiov[:0]
+		for _, b := range batch {
+			c.wiov = append(c.wiov, b.iov...)
+		}
+		c.wnb = c.wiov
+		if _, err := c.wnb.WriteTo(c.nc); err != nil {
+			c.fail(err)
+		}
+		for i, b := range batch {
+			c.release(b)
+			batch[i] = nil
+		}
+		c.qmu.Lock()
+		c.spare = batch[:0]
+	}
+	c.writing = false
+	c.qmu.Unlock()
 }
 
 // fail closes the connection after an unrecoverable error; the reader loop
