@@ -23,6 +23,13 @@ import (
 // payloads: several pipelined 4 KiB writes fit in one read system call.
 const readBufferSize = 16 << 10
 
+// A request may run on the reader after inlineStreak READs and WRITEs in a
+// row each took under inlineFast (see runInline).
+const (
+	inlineStreak = 16
+	inlineFast   = 200 * time.Microsecond
+)
+
 // maxChunks bounds the content chunks of one structured read reply and the
 // descriptors of one block status reply.
 const (
@@ -38,7 +45,8 @@ const minHoleRead = 64 << 10
 var errDisconnect = errors.New("nbd: client disconnected with NBD_CMD_DISC")
 
 // conn is one client connection. Its reader goroutine decodes requests and
-// hands each to a parked worker for the backend I/O. Replies go through a
+// hands each to a parked worker for the backend I/O, or at depth 1 on fast
+// storage runs it itself (runInline). Replies go through a
 // queue: whichever worker finds nobody writing sends every queued reply in
 // one vectored write, so the socket has a single writer at a time.
 type conn struct {
@@ -83,6 +91,7 @@ type conn struct {
 	nInflight atomic.Int32
 	work      chan *slot   // hands requests to parked workers; nil asks one to exit
 	parked    atomic.Int32 // workers waiting on work
+	fast      atomic.Int32 // READs and WRITEs in a row that took under inlineFast
 	requests  atomic.Uint64
 	trimSeen  uint64 // requests at the last trim check (the trimmer's own)
 	mem       budget
@@ -280,12 +289,30 @@ func (c *conn) transmit() error {
 		c.inflight.Add(1)
 		c.nInflight.Add(1)
 		c.requests.Add(1)
+		if c.runInline(&req) {
+			c.handle(s)
+			continue
+		}
 		select {
 		case c.work <- s:
 		default:
 			go c.worker(s) // the only allocation, and only as workers are added
 		}
 	}
+}
+
+// runInline says whether the reader should run a request itself rather
+// than hand it to a worker. A hand-off costs wake-ups of another thread that
+// at depth 1 are most of a fast request's cost. The reader runs it only when
+// nothing else is in flight or already received, so no request waits behind
+// it, and only READ and WRITE after a streak of fast requests, so storage
+// that is slow (a cold SD card, a disk spinning up) keeps its requests on
+// workers and the reader free. A request that turns slow while inline holds
+// back only requests the client sends while it runs, and ends the streak.
+func (c *conn) runInline(r *request) bool {
+	return (r.typ == cmdRead || r.typ == cmdWrite) &&
+		c.fast.Load() >= inlineStreak &&
+		c.nInflight.Load() == 1 && c.br.Buffered() == 0
 }
 
 // hold charges n payload bytes to the connection and gives s a buffer.
@@ -432,6 +459,9 @@ func (c *conn) handle(s *slot) {
 		c.inflight.Done()
 	}()
 	r := &s.req
+	if r.typ == cmdRead || r.typ == cmdWrite {
+		defer c.timeRequest(time.Now())
+	}
 	off, n := int64(r.offset), int64(r.length)
 	var err error
 	switch r.typ {
@@ -478,6 +508,18 @@ func (c *conn) handle(s *slot) {
 	s.hdr = grow(s.hdr, simpleReplyLen)
 	putSimpleReply(s.hdr, 0, r.handle)
 	c.send(s, s.hdr[:simpleReplyLen])
+}
+
+// timeRequest extends or ends the streak of fast requests that lets the
+// reader run requests inline.
+func (c *conn) timeRequest(start time.Time) {
+	if time.Since(start) < inlineFast {
+		if c.fast.Load() < inlineStreak {
+			c.fast.Add(1)
+		}
+	} else {
+		c.fast.Store(0)
+	}
 }
 
 // errno maps a backend error to an NBD error value and logs the first one of

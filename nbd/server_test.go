@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -547,6 +548,82 @@ func TestPipelinedOutOfOrder(t *testing.T) {
 		t.Fatalf("slow READ reply = %d, %d", e, h)
 	}
 	tc.read(make([]byte, 512))
+}
+
+// TestInlineOnlyAfterFastStreak checks when the reader runs a request itself:
+// at depth 1 after a streak of fast requests, so a request sent meanwhile
+// waits; and not after a slow request, so requests pass a slow one again.
+func TestInlineOnlyAfterFastStreak(t *testing.T) {
+	gb := &gateBackend{memBackend: newMem(testSize), entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	addr := startServer(t, &Server{MaxInFlight: 16}, &Export{
+		Name: "disk",
+		Open: func(net.Addr) (backend.Backend, error) { return gb, nil },
+	})
+	t.Cleanup(func() { close(gb.gate) }) // before the server's: a failure must not leave a read blocked
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	buf := make([]byte, 512)
+	for range 4 * inlineStreak {
+		tc.request(0, cmdRead, 1, 4096, 512, nil)
+		if e, h := tc.simple(); e != 0 || h != 1 {
+			t.Fatalf("fast read = errno %d handle %d", e, h)
+		}
+		tc.read(buf)
+	}
+
+	tc.request(0, cmdRead, 2, 0, 512, nil) // slow, on the reader
+	<-gb.entered
+	tc.request(0, cmdWrite, 3, 8192, 512, bytes.Repeat([]byte{3}, 512))
+	time.Sleep(50 * time.Millisecond)
+	if n := gb.writes.Load(); n != 0 {
+		t.Fatalf("%d write(s) ran while a read after a fast streak was in the backend; want it run by the reader, holding the write back", n)
+	}
+	gb.gate <- struct{}{}
+	if e, h := tc.simple(); e != 0 || h != 2 {
+		t.Fatalf("slow read = errno %d handle %d", e, h)
+	}
+	tc.read(buf)
+	if e, h := tc.simple(); e != 0 || h != 3 {
+		t.Fatalf("write after the slow read = errno %d handle %d", e, h)
+	}
+
+	tc.request(0, cmdRead, 4, 0, 512, nil) // slow again, now on a worker
+	<-gb.entered
+	for i := uint64(5); i < 15; i++ {
+		tc.request(0, cmdWrite, i, i*512, 512, bytes.Repeat([]byte{byte(i)}, 512))
+	}
+	for range 10 {
+		if e, h := tc.simple(); e != 0 || h < 5 {
+			t.Fatalf("write after a slow request = errno %d handle %d; want writes to pass the slow read", e, h)
+		}
+	}
+	gb.gate <- struct{}{}
+	if e, h := tc.simple(); e != 0 || h != 4 {
+		t.Fatalf("second slow read = errno %d handle %d", e, h)
+	}
+	tc.read(buf)
+}
+
+// gateBackend blocks each read at offset 0 until the test sends on gate, and
+// counts writes.
+type gateBackend struct {
+	*memBackend
+	entered chan struct{}
+	gate    chan struct{}
+	writes  atomic.Int32
+}
+
+func (g *gateBackend) ReadAt(p []byte, off int64) (int, error) {
+	if off == 0 {
+		g.entered <- struct{}{}
+		<-g.gate
+	}
+	return g.memBackend.ReadAt(p, off)
+}
+
+func (g *gateBackend) WriteAt(p []byte, off int64) (int, error) {
+	g.writes.Add(1)
+	return g.memBackend.WriteAt(p, off)
 }
 
 type slowBackend struct {
