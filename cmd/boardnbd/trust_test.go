@@ -81,13 +81,18 @@ func TestCrashAfterFlush(t *testing.T) {
 					addr, img, extra)
 			}
 
-			// Write 200 random blocks, pipelined, then FLUSH.
+			// Write 200 distinct random blocks, pipelined, then FLUSH. They
+			// must not overlap: the server may run requests in flight in
+			// any order, so the last one sent need not land last.
 			s := launchConfig(t, yaml)
 			rng := mrand.New(mrand.NewPCG(42, uint64(len(mode))))
 			want := map[uint64][]byte{}
 			c := crashClient(t, s.addr)
 			for i := range 200 {
 				off := uint64(rng.IntN(size/block)) * block
+				for want[off] != nil {
+					off = uint64(rng.IntN(size/block)) * block
+				}
 				data := make([]byte, block)
 				for j := range data {
 					data[j] = byte(rng.Uint32())
