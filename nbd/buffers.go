@@ -70,6 +70,13 @@ func (b *budget) acquire(n int64) {
 	b.mu.Unlock()
 }
 
+// fits says whether n more bytes fit now, so acquire would not wait.
+func (b *budget) fits(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used == 0 || b.used+n <= b.limit
+}
+
 func (b *budget) release(n int64) {
 	if n == 0 {
 		return

@@ -83,7 +83,8 @@ type conn struct {
 	qmu       sync.Mutex // guards the reply queue below
 	queue     []*slot    // replies waiting for the goroutine that is writing
 	spare     []*slot
-	writing   bool     // a goroutine is writing replies
+	writing   bool     // a goroutine is writing replies, or the reader holds them
+	corked    bool     // the reader holds replies (see cork); only the reader uses it
 	wiov      [][]byte // the writer's vectors, reused
 	wnb       net.Buffers
 	slots     chan *slot // free request slots; bounds requests in flight
@@ -239,7 +240,11 @@ func (c *conn) writeAll(a, b []byte) error {
 func (c *conn) transmit() error {
 	var hdr [requestLen]byte
 	idle := c.exp.IdleTimeout
+	defer c.uncork()
 	for {
+		if c.corked && c.br.Buffered() < requestLen {
+			c.uncork() // about to wait for the client: send what is held first
+		}
 		if idle > 0 {
 			c.raw.SetReadDeadline(time.Now().Add(idle))
 			c.armShutdown()
@@ -267,12 +272,12 @@ func (c *conn) transmit() error {
 				req.length, c.srv.maxPayload())
 		}
 
-		s := <-c.slots
-		if s == nil {
-			s = new(slot)
-		}
+		s := c.takeSlot()
 		s.req = req
 		if req.typ == cmdWrite {
+			if c.br.Buffered() < int(req.length) {
+				c.uncork()
+			}
 			c.hold(s, req.length)
 			if _, err := io.ReadFull(c.br, *s.buf); err != nil {
 				c.release(s)
@@ -290,6 +295,7 @@ func (c *conn) transmit() error {
 		c.nInflight.Add(1)
 		c.requests.Add(1)
 		if c.runInline(&req) {
+			c.cork()
 			c.handle(s)
 			continue
 		}
@@ -302,21 +308,69 @@ func (c *conn) transmit() error {
 }
 
 // runInline says whether the reader should run a request itself rather
-// than hand it to a worker. A hand-off costs wake-ups of another thread that
-// at depth 1 are most of a fast request's cost. The reader runs it only when
-// nothing else is in flight or already received, so no request waits behind
-// it, and only READ and WRITE after a streak of fast requests, so storage
-// that is slow (a cold SD card, a disk spinning up) keeps its requests on
-// workers and the reader free. A request that turns slow while inline holds
-// back only requests the client sends while it runs, and ends the streak.
+// than hand it to a worker. A hand-off wakes another thread, and for storage
+// that answers in microseconds (the page cache, tmpfs, a fast SSD) that
+// wake-up is most of a request's cost. The reader runs only READ and WRITE,
+// only when no worker is busy, and only after a streak of fast requests, so
+// slow storage (a cold SD card, a disk spinning up) keeps its requests on
+// workers running in parallel. A request that turns slow while inline holds
+// back, that once, the requests behind it and the replies held before it,
+// and ends the streak.
+//
+// While the reader runs requests from its buffer it holds their replies
+// (cork) and sends them together in one write, before it next waits for
+// the client or for a slot or memory that held replies would free.
 func (c *conn) runInline(r *request) bool {
 	return (r.typ == cmdRead || r.typ == cmdWrite) &&
 		c.fast.Load() >= inlineStreak &&
-		c.nInflight.Load() == 1 && c.br.Buffered() == 0
+		c.nInflight.Load() == 1
+}
+
+// cork makes the reader the reply writer, so replies queue until uncork.
+// Only the reader calls cork and uncork.
+func (c *conn) cork() {
+	if c.corked {
+		return
+	}
+	c.qmu.Lock()
+	if !c.writing {
+		c.writing = true
+		c.corked = true
+	}
+	c.qmu.Unlock()
+}
+
+// uncork sends every held reply.
+func (c *conn) uncork() {
+	if !c.corked {
+		return
+	}
+	c.corked = false
+	c.qmu.Lock()
+	c.writeQueued()
+	c.qmu.Unlock()
+}
+
+// takeSlot returns a free request slot, waiting for one if all are in use.
+func (c *conn) takeSlot() *slot {
+	var s *slot
+	select {
+	case s = <-c.slots:
+	default:
+		c.uncork() // held replies hold slots
+		s = <-c.slots
+	}
+	if s == nil {
+		s = new(slot)
+	}
+	return s
 }
 
 // hold charges n payload bytes to the connection and gives s a buffer.
 func (c *conn) hold(s *slot, n uint32) {
+	if c.corked && !c.mem.fits(int64(n)) {
+		c.uncork() // held replies hold memory
+	}
 	c.mem.acquire(int64(n))
 	s.held = int64(n)
 	s.buf = getBuf(int(n))
@@ -773,6 +827,13 @@ func (c *conn) sendIOV(s *slot) {
 		return
 	}
 	c.writing = true
+	c.writeQueued()
+	c.qmu.Unlock()
+}
+
+// writeQueued writes queued replies until none is left, then gives up the
+// writer's role. It is called with qmu held, by the writer.
+func (c *conn) writeQueued() {
 	for len(c.queue) > 0 {
 		batch := c.queue
 		c.queue = c.spare[:0]
@@ -793,7 +854,6 @@ func (c *conn) sendIOV(s *slot) {
 		c.spare = batch[:0]
 	}
 	c.writing = false
-	c.qmu.Unlock()
 }
 
 // fail closes the connection after an unrecoverable error; the reader loop

@@ -604,6 +604,101 @@ func TestInlineOnlyAfterFastStreak(t *testing.T) {
 	tc.read(buf)
 }
 
+// TestHeldRepliesNeverStall pipelines a burst of requests at a reader that
+// runs them inline and holds their replies, with too few slots or too little
+// payload budget for the burst. Either must make it send what it holds
+// rather than wait for a slot or memory that those replies hold.
+func TestHeldRepliesNeverStall(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		srv   *Server
+		write uint32 // 0: reads only
+	}{
+		{"few slots", &Server{MaxInFlight: 4}, 4096},
+		{"small budget", &Server{MaxInFlight: 64, MaxPayload: 16 << 10}, 0},
+		{"large writes", &Server{}, 2 * readBufferSize},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			disk := newMem(testSize)
+			pattern := bytes.Repeat([]byte("held"), 1024)
+			disk.with(func() { copy(disk.data, pattern) })
+			tc := dialFixed(t, startServer(t, tt.srv, memExport("disk", disk)))
+			tc.goExport("disk", false)
+			buf := make([]byte, 4096)
+			for range 4 * inlineStreak {
+				tc.request(0, cmdRead, 1, 0, 4096, nil)
+				if e, _ := tc.simple(); e != 0 {
+					t.Fatalf("read = errno %d", e)
+				}
+				tc.read(buf)
+			}
+			// One burst: reads have odd handles, writes (if any) even ones.
+			const n = 200
+			var burst []byte
+			payload := bytes.Repeat([]byte{7}, int(tt.write))
+			for i := range uint64(n) {
+				var h [requestLen]byte
+				if i%2 == 1 || tt.write == 0 {
+					encodeRequest(&h, request{typ: cmdRead, handle: i, length: 4096})
+					burst = append(burst, h[:]...)
+				} else {
+					encodeRequest(&h, request{typ: cmdWrite, handle: i, offset: 65536, length: tt.write})
+					burst = append(append(burst, h[:]...), payload...)
+				}
+			}
+			sent := make(chan error, 1)
+			go func() { _, err := tc.c.Write(burst); sent <- err }()
+			seen := map[uint64]bool{}
+			for range n {
+				e, h := tc.simple()
+				if e != 0 || seen[h] || h >= n {
+					t.Fatalf("reply errno %d handle %d (seen before: %v)", e, h, seen[h])
+				}
+				seen[h] = true
+				if h%2 == 1 || tt.write == 0 {
+					tc.read(buf)
+					if !bytes.Equal(buf, pattern) {
+						t.Fatalf("read %d returned the wrong data", h)
+					}
+				}
+			}
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestHeldReplySentBeforeWaitingForPayload: a reply the reader holds goes
+// out before the reader waits for the rest of a write's payload.
+func TestHeldReplySentBeforeWaitingForPayload(t *testing.T) {
+	disk := newMem(testSize)
+	tc := dialFixed(t, startServer(t, &Server{}, memExport("disk", disk)))
+	tc.goExport("disk", false)
+	buf := make([]byte, 4096)
+	for range 4 * inlineStreak {
+		tc.request(0, cmdRead, 1, 0, 4096, nil)
+		if e, _ := tc.simple(); e != 0 {
+			t.Fatalf("read = errno %d", e)
+		}
+		tc.read(buf)
+	}
+	var rd, wr [requestLen]byte
+	encodeRequest(&rd, request{typ: cmdRead, handle: 2, length: 4096})
+	encodeRequest(&wr, request{typ: cmdWrite, handle: 3, offset: 8192, length: 64 << 10})
+	tc.write(append(append(rd[:], wr[:]...), make([]byte, 1000)...)) // the write's payload is cut short
+	tc.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if e, h := tc.simple(); e != 0 || h != 2 {
+		t.Fatalf("read reply = errno %d handle %d", e, h)
+	}
+	tc.read(buf)
+	tc.c.SetDeadline(time.Now().Add(10 * time.Second))
+	tc.write(make([]byte, 64<<10-1000))
+	if e, h := tc.simple(); e != 0 || h != 3 {
+		t.Fatalf("write reply = errno %d handle %d", e, h)
+	}
+}
+
 // gateBackend blocks each read at offset 0 until the test sends on gate, and
 // counts writes.
 type gateBackend struct {
