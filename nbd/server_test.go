@@ -563,13 +563,7 @@ func TestInlineOnlyAfterFastStreak(t *testing.T) {
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
 	buf := make([]byte, 512)
-	for range 4 * inlineStreak {
-		tc.request(0, cmdRead, 1, 4096, 512, nil)
-		if e, h := tc.simple(); e != 0 || h != 1 {
-			t.Fatalf("fast read = errno %d handle %d", e, h)
-		}
-		tc.read(buf)
-	}
+	tc.fastStreak(4096)
 
 	tc.request(0, cmdRead, 2, 0, 512, nil) // slow, on the reader
 	<-gb.entered
@@ -625,13 +619,7 @@ func TestHeldRepliesNeverStall(t *testing.T) {
 			tc := dialFixed(t, startServer(t, tt.srv, memExport("disk", disk)))
 			tc.goExport("disk", false)
 			buf := make([]byte, 4096)
-			for range 4 * inlineStreak {
-				tc.request(0, cmdRead, 1, 0, 4096, nil)
-				if e, _ := tc.simple(); e != 0 {
-					t.Fatalf("read = errno %d", e)
-				}
-				tc.read(buf)
-			}
+			tc.fastStreak(0)
 			// One burst: reads have odd handles, writes (if any) even ones.
 			const n = 200
 			var burst []byte
@@ -676,13 +664,7 @@ func TestHeldReplySentBeforeWaitingForPayload(t *testing.T) {
 	tc := dialFixed(t, startServer(t, &Server{}, memExport("disk", disk)))
 	tc.goExport("disk", false)
 	buf := make([]byte, 4096)
-	for range 4 * inlineStreak {
-		tc.request(0, cmdRead, 1, 0, 4096, nil)
-		if e, _ := tc.simple(); e != 0 {
-			t.Fatalf("read = errno %d", e)
-		}
-		tc.read(buf)
-	}
+	tc.fastStreak(0)
 	var rd, wr [requestLen]byte
 	encodeRequest(&rd, request{typ: cmdRead, handle: 2, length: 4096})
 	encodeRequest(&wr, request{typ: cmdWrite, handle: 3, offset: 8192, length: 64 << 10})
@@ -696,6 +678,20 @@ func TestHeldReplySentBeforeWaitingForPayload(t *testing.T) {
 	tc.write(make([]byte, 64<<10-1000))
 	if e, h := tc.simple(); e != 0 || h != 3 {
 		t.Fatalf("write reply = errno %d handle %d", e, h)
+	}
+}
+
+// fastStreak sends reads at depth 1 (of 512 bytes at off) until the server
+// has seen a streak of fast requests, so that it runs the next ones inline.
+func (tc *tclient) fastStreak(off uint64) {
+	tc.t.Helper()
+	buf := make([]byte, 512)
+	for range 4 * inlineStreak {
+		tc.request(0, cmdRead, 1, off, 512, nil)
+		if e, h := tc.simple(); e != 0 || h != 1 {
+			tc.t.Fatalf("fast read = errno %d handle %d", e, h)
+		}
+		tc.read(buf)
 	}
 }
 
