@@ -45,10 +45,10 @@ const minHoleRead = 64 << 10
 var errDisconnect = errors.New("nbd: client disconnected with NBD_CMD_DISC")
 
 // conn is one client connection. Its reader goroutine decodes requests and
-// hands each to a parked worker for the backend I/O, or at depth 1 on fast
-// storage runs it itself (runInline). Replies go through a
-// queue: whichever worker finds nobody writing sends every queued reply in
-// one vectored write, so the socket has a single writer at a time.
+// hands each to a parked worker for the backend I/O, or on fast storage runs
+// it itself (runInline). Replies go through a queue: whichever goroutine
+// finds nobody writing sends every queued reply in one vectored write, so
+// the socket has a single writer at a time.
 type conn struct {
 	srv *Server
 	// raw is the accepted connection; nc is what the protocol runs over:
