@@ -23,12 +23,25 @@ import (
 // payloads: several pipelined 4 KiB writes fit in one read system call.
 const readBufferSize = 16 << 10
 
-// A request may run on the reader after inlineStreak READs and WRITEs in a
-// row each took under inlineFast (see runInline).
+// Requests may run on the reader while the connection's streak of storage
+// calls served from memory is at least inlineStreak (see runInline). A fast
+// call adds one, up to twice that; a slow one takes away half, so a rare
+// slow call among fast ones does not end the streak, but storage that is
+// mostly slow ends it at once.
 const (
 	inlineStreak = 16
-	inlineFast   = 200 * time.Microsecond
+	streakMax    = 2 * inlineStreak
+	streakSlow   = inlineStreak
 )
+
+// servedFromMemory says whether a storage call of n bytes that took d was
+// served from memory (the page cache, tmpfs): under 60 µs, plus copying at
+// 2 GB/s. That leaves room for a busy machine's slow system calls; an SSD
+// takes longer (NVMe 80 µs or more for 4 KiB, a USB SSD more still), and its
+// requests gain from running side by side on workers.
+func servedFromMemory(d time.Duration, n int) bool {
+	return d < 60*time.Microsecond+time.Duration(n/2)
+}
 
 // maxChunks bounds the content chunks of one structured read reply and the
 // descriptors of one block status reply.
@@ -92,7 +105,7 @@ type conn struct {
 	nInflight atomic.Int32
 	work      chan *slot   // hands requests to parked workers; nil asks one to exit
 	parked    atomic.Int32 // workers waiting on work
-	fast      atomic.Int32 // READs and WRITEs in a row that took under inlineFast
+	fast      atomic.Int32 // the streak of storage calls served from memory
 	requests  atomic.Uint64
 	trimSeen  uint64 // requests at the last trim check (the trimmer's own)
 	mem       budget
@@ -311,11 +324,11 @@ func (c *conn) transmit() error {
 // than hand it to a worker. A hand-off wakes another thread, and for storage
 // that answers in microseconds (the page cache, tmpfs, a fast SSD) that
 // wake-up is most of a request's cost. The reader runs only READ and WRITE,
-// only when no worker is busy, and only after a streak of fast requests, so
-// slow storage (a cold SD card, a disk spinning up) keeps its requests on
-// workers running in parallel. A request that turns slow while inline holds
-// back, that once, the requests behind it and the replies held before it,
-// and ends the streak.
+// only when no worker is busy, and only while storage calls keep being
+// served from memory (timeStorage), so storage that waits on a device (an
+// SD card, a disk, an SSD) keeps its requests on workers running in
+// parallel. A request that turns slow while inline holds back, that once,
+// the requests behind it and the replies held before it.
 //
 // While the reader runs requests from its buffer it holds their replies
 // (cork) and sends them together in one write, before it next waits for
@@ -513,9 +526,6 @@ func (c *conn) handle(s *slot) {
 		c.inflight.Done()
 	}()
 	r := &s.req
-	if r.typ == cmdRead || r.typ == cmdWrite {
-		defer c.timeRequest(time.Now())
-	}
 	off, n := int64(r.offset), int64(r.length)
 	var err error
 	switch r.typ {
@@ -526,6 +536,7 @@ func (c *conn) handle(s *slot) {
 		c.blockStatus(s)
 		return
 	case cmdWrite:
+		start := time.Now()
 		if r.flags&cmdFlagFUA != 0 {
 			// Durable on its own where the storage can: a journal
 			// commit need not flush everything written before it.
@@ -533,6 +544,7 @@ func (c *conn) handle(s *slot) {
 		} else {
 			_, err = c.be.WriteAt(*s.buf, off)
 		}
+		c.timeStorage(start, len(*s.buf))
 		if err == nil {
 			c.bytesWritten.Add(uint64(n))
 		}
@@ -564,16 +576,16 @@ func (c *conn) handle(s *slot) {
 	c.send(s, s.hdr[:simpleReplyLen])
 }
 
-// timeRequest extends or ends the streak of fast requests that lets the
-// reader run requests inline.
-func (c *conn) timeRequest(start time.Time) {
-	if time.Since(start) < inlineFast {
-		if c.fast.Load() < inlineStreak {
-			c.fast.Add(1)
-		}
+// timeStorage adds a storage call of n bytes begun at start to the streak
+// that lets the reader run requests inline.
+func (c *conn) timeStorage(start time.Time, n int) {
+	f := c.fast.Load()
+	if servedFromMemory(time.Since(start), n) {
+		f = min(f+1, streakMax)
 	} else {
-		c.fast.Store(0)
+		f = max(f-streakSlow, 0)
 	}
+	c.fast.Store(f) // racing workers may lose a step; it is a heuristic
 }
 
 // errno maps a backend error to an NBD error value and logs the first one of
@@ -714,7 +726,9 @@ func (c *conn) planChunks(s *slot) {
 
 // readAt fills buf from the backend; a short read is an I/O error.
 func (c *conn) readAt(buf []byte, off int64) error {
+	start := time.Now()
 	n, err := c.be.ReadAt(buf, off)
+	c.timeStorage(start, len(buf))
 	if n == len(buf) {
 		c.bytesRead.Add(uint64(n))
 		return nil

@@ -551,8 +551,9 @@ func TestPipelinedOutOfOrder(t *testing.T) {
 }
 
 // TestInlineOnlyAfterFastStreak checks when the reader runs a request itself:
-// at depth 1 after a streak of fast requests, so a request sent meanwhile
-// waits; and not after a slow request, so requests pass a slow one again.
+// after a streak of storage calls served from memory, so a request sent
+// meanwhile waits; and not once slow calls have ended the streak, so
+// requests pass a slow one again.
 func TestInlineOnlyAfterFastStreak(t *testing.T) {
 	gb := &gateBackend{memBackend: newMem(testSize), entered: make(chan struct{}, 1), gate: make(chan struct{})}
 	addr := startServer(t, &Server{MaxInFlight: 16}, &Export{
@@ -581,19 +582,28 @@ func TestInlineOnlyAfterFastStreak(t *testing.T) {
 		t.Fatalf("write after the slow read = errno %d handle %d", e, h)
 	}
 
-	tc.request(0, cmdRead, 4, 0, 512, nil) // slow again, now on a worker
+	tc.request(0, cmdRead, 4, 0, 512, nil) // a second slow call ends the streak
 	<-gb.entered
-	for i := uint64(5); i < 15; i++ {
-		tc.request(0, cmdWrite, i, i*512, 512, bytes.Repeat([]byte{byte(i)}, 512))
-	}
-	for range 10 {
-		if e, h := tc.simple(); e != 0 || h < 5 {
-			t.Fatalf("write after a slow request = errno %d handle %d; want writes to pass the slow read", e, h)
-		}
-	}
+	time.Sleep(time.Millisecond)
 	gb.gate <- struct{}{}
 	if e, h := tc.simple(); e != 0 || h != 4 {
 		t.Fatalf("second slow read = errno %d handle %d", e, h)
+	}
+	tc.read(buf)
+
+	tc.request(0, cmdRead, 5, 0, 512, nil) // slow again, now on a worker
+	<-gb.entered
+	for i := uint64(6); i < 16; i++ {
+		tc.request(0, cmdWrite, i, i*512, 512, bytes.Repeat([]byte{byte(i)}, 512))
+	}
+	for range 10 {
+		if e, h := tc.simple(); e != 0 || h < 6 {
+			t.Fatalf("write after slow requests = errno %d handle %d; want writes to pass the slow read", e, h)
+		}
+	}
+	gb.gate <- struct{}{}
+	if e, h := tc.simple(); e != 0 || h != 5 {
+		t.Fatalf("third slow read = errno %d handle %d", e, h)
 	}
 	tc.read(buf)
 }
@@ -679,6 +689,57 @@ func TestHeldReplySentBeforeWaitingForPayload(t *testing.T) {
 	if e, h := tc.simple(); e != 0 || h != 3 {
 		t.Fatalf("write reply = errno %d handle %d", e, h)
 	}
+}
+
+// TestDeviceLatencyKeepsRequestsParallel: storage that answers in about
+// 100 µs, like an SSD rather than the page cache, gains from requests
+// running side by side, so they must stay on workers.
+func TestDeviceLatencyKeepsRequestsParallel(t *testing.T) {
+	lb := &latencyBackend{memBackend: newMem(testSize), delay: 100 * time.Microsecond}
+	addr := startServer(t, &Server{}, &Export{
+		Name: "disk",
+		Open: func(net.Addr) (backend.Backend, error) { return lb, nil },
+	})
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+	const n = 64
+	var burst []byte
+	for i := range uint64(n) {
+		var h [requestLen]byte
+		encodeRequest(&h, request{typ: cmdRead, handle: i, offset: i * 4096, length: 4096})
+		burst = append(burst, h[:]...)
+	}
+	tc.write(burst)
+	buf := make([]byte, 4096)
+	for range n {
+		if e, _ := tc.simple(); e != 0 {
+			t.Fatalf("read = errno %d", e)
+		}
+		tc.read(buf)
+	}
+	if m := lb.most.Load(); m < 2 {
+		t.Errorf("at most %d read ran at once; want reads of 100 µs storage to run in parallel", m)
+	}
+}
+
+// latencyBackend takes delay for each read, yielding rather than sleeping,
+// and records how many ran at once.
+type latencyBackend struct {
+	*memBackend
+	delay     time.Duration
+	now, most atomic.Int32
+}
+
+func (l *latencyBackend) ReadAt(p []byte, off int64) (int, error) {
+	n := l.now.Add(1)
+	defer l.now.Add(-1)
+	for m := l.most.Load(); n > m && !l.most.CompareAndSwap(m, n); m = l.most.Load() {
+	}
+	for start := time.Now(); time.Since(start) < l.delay; {
+		runtime.Gosched() // not a timer: it would sleep far longer than 100 µs
+	}
+	return l.memBackend.ReadAt(p, off)
 }
 
 // fastStreak sends reads at depth 1 (of 512 bytes at off) until the server
