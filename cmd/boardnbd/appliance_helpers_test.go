@@ -628,25 +628,6 @@ func appNbdcopy(t *testing.T, uri string) []byte {
 // keep a session open across events the test causes. It speaks fixed
 // newstyle, simple replies only.
 
-// NBD protocol values the client uses, named as in the spec.
-const (
-	appMagicInit     = 0x4e42444d41474943 // NBDMAGIC
-	appMagicOpt      = 0x49484156454F5054 // IHAVEOPT
-	appMagicReply    = 0x3e889045565a9    // option reply magic
-	appMagicRequest  = 0x25609513         // NBD_REQUEST_MAGIC
-	appMagicSimple   = 0x67446698         // NBD_SIMPLE_REPLY_MAGIC
-	appOptList       = 3                  // NBD_OPT_LIST
-	appOptGo         = 7                  // NBD_OPT_GO
-	appRepAck        = 1                  // NBD_REP_ACK
-	appRepServer     = 2                  // NBD_REP_SERVER
-	appRepInfo       = 3                  // NBD_REP_INFO
-	appRepErrUnknown = 1<<31 + 6          // NBD_REP_ERR_UNKNOWN
-	appCmdRead       = 0                  // NBD_CMD_READ
-	appCmdWrite      = 1                  // NBD_CMD_WRITE
-	appCmdDisc       = 2                  // NBD_CMD_DISC
-	appNBDEIO        = 5                  // NBD_EIO
-)
-
 // appClient is one connection of the minimal client.
 type appClient struct {
 	c      net.Conn
@@ -673,7 +654,7 @@ func appDial(t *testing.T, laddr, addr string) *appClient {
 	if _, err := io.ReadFull(c, greet[:]); err != nil {
 		t.Fatalf("reading the greeting from %s: %v", addr, err)
 	}
-	if binary.BigEndian.Uint64(greet[0:]) != appMagicInit || binary.BigEndian.Uint64(greet[8:]) != appMagicOpt {
+	if binary.BigEndian.Uint64(greet[0:]) != specMagicInit || binary.BigEndian.Uint64(greet[8:]) != specMagicOpt {
 		t.Fatalf("greeting from %s = %x, want NBDMAGIC IHAVEOPT", addr, greet)
 	}
 	// NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES
@@ -689,7 +670,7 @@ func (cl *appClient) deadline() { cl.c.SetDeadline(time.Now().Add(appWaitTimeout
 // whose type it also returns.
 func (cl *appClient) option(opt uint32, data []byte) (replies [][]byte, final uint32, err error) {
 	cl.deadline()
-	msg := binary.BigEndian.AppendUint64(nil, appMagicOpt)
+	msg := binary.BigEndian.AppendUint64(nil, specMagicOpt)
 	msg = binary.BigEndian.AppendUint32(msg, opt)
 	msg = binary.BigEndian.AppendUint32(msg, uint32(len(data)))
 	if _, err := cl.c.Write(append(msg, data...)); err != nil {
@@ -700,7 +681,7 @@ func (cl *appClient) option(opt uint32, data []byte) (replies [][]byte, final ui
 		if _, err := io.ReadFull(cl.c, h[:]); err != nil {
 			return nil, 0, err
 		}
-		if binary.BigEndian.Uint64(h[0:]) != appMagicReply || binary.BigEndian.Uint32(h[8:]) != opt {
+		if binary.BigEndian.Uint64(h[0:]) != specMagicOptReply || binary.BigEndian.Uint32(h[8:]) != opt {
 			return nil, 0, fmt.Errorf("option %d: bad reply header %x", opt, h)
 		}
 		typ, n := binary.BigEndian.Uint32(h[12:]), binary.BigEndian.Uint32(h[16:])
@@ -711,7 +692,7 @@ func (cl *appClient) option(opt uint32, data []byte) (replies [][]byte, final ui
 		if _, err := io.ReadFull(cl.c, p); err != nil {
 			return nil, 0, err
 		}
-		if typ == appRepAck || typ&(1<<31) != 0 {
+		if typ == specRepAck || typ&(1<<31) != 0 {
 			return replies, typ, nil
 		}
 		replies = append(replies, append(binary.BigEndian.AppendUint32(nil, typ), p...))
@@ -721,13 +702,13 @@ func (cl *appClient) option(opt uint32, data []byte) (replies [][]byte, final ui
 // List returns the export names NBD_OPT_LIST gives.
 func (cl *appClient) List(t *testing.T) []string {
 	t.Helper()
-	replies, final, err := cl.option(appOptList, nil)
-	if err != nil || final != appRepAck {
+	replies, final, err := cl.option(specOptList, nil)
+	if err != nil || final != specRepAck {
 		t.Fatalf("NBD_OPT_LIST = reply %#x, %v", final, err)
 	}
 	var names []string
 	for _, r := range replies {
-		if binary.BigEndian.Uint32(r) != appRepServer || len(r) < 8 {
+		if binary.BigEndian.Uint32(r) != specRepServer || len(r) < 8 {
 			t.Fatalf("NBD_OPT_LIST reply %x, want NBD_REP_SERVER", r)
 		}
 		n := binary.BigEndian.Uint32(r[4:])
@@ -747,13 +728,13 @@ func (cl *appClient) Go(t *testing.T, name string) uint32 {
 	data := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
 	data = append(data, name...)
 	data = append(data, 0, 0) // no information requests
-	replies, final, err := cl.option(appOptGo, data)
+	replies, final, err := cl.option(specOptGo, data)
 	if err != nil {
 		t.Fatalf("NBD_OPT_GO %q: %v", name, err)
 	}
 	for _, r := range replies {
 		// NBD_REP_INFO, NBD_INFO_EXPORT: size, transmission flags
-		if binary.BigEndian.Uint32(r) == appRepInfo && len(r) == 16 && binary.BigEndian.Uint16(r[4:]) == 0 {
+		if binary.BigEndian.Uint32(r) == specRepInfo && len(r) == 16 && binary.BigEndian.Uint16(r[4:]) == 0 {
 			cl.size = binary.BigEndian.Uint64(r[6:])
 		}
 	}
@@ -766,7 +747,7 @@ func (cl *appClient) request(cmd uint16, off uint64, length uint32, payload, int
 	cl.deadline()
 	cl.handle++
 	var h [28]byte
-	binary.BigEndian.PutUint32(h[0:], appMagicRequest)
+	binary.BigEndian.PutUint32(h[0:], specMagicRequest)
 	binary.BigEndian.PutUint16(h[6:], cmd)
 	binary.BigEndian.PutUint64(h[8:], cl.handle)
 	binary.BigEndian.PutUint64(h[16:], off)
@@ -778,7 +759,7 @@ func (cl *appClient) request(cmd uint16, off uint64, length uint32, payload, int
 	if _, err := io.ReadFull(cl.c, r[:]); err != nil {
 		return 0, err
 	}
-	if binary.BigEndian.Uint32(r[0:]) != appMagicSimple || binary.BigEndian.Uint64(r[8:]) != cl.handle {
+	if binary.BigEndian.Uint32(r[0:]) != specMagicSimple || binary.BigEndian.Uint64(r[8:]) != cl.handle {
 		return 0, fmt.Errorf("bad reply header %x", r)
 	}
 	errno := binary.BigEndian.Uint32(r[4:])
@@ -795,7 +776,7 @@ func (cl *appClient) request(cmd uint16, off uint64, length uint32, payload, int
 func (cl *appClient) Read(t *testing.T, off uint64, length uint32) ([]byte, uint32) {
 	t.Helper()
 	buf := make([]byte, length)
-	errno, err := cl.request(appCmdRead, off, length, nil, buf)
+	errno, err := cl.request(specCmdRead, off, length, nil, buf)
 	if err != nil {
 		t.Fatalf("NBD_CMD_READ(off=%d, len=%d): %v", off, length, err)
 	}
@@ -808,7 +789,7 @@ func (cl *appClient) Read(t *testing.T, off uint64, length uint32) ([]byte, uint
 // Write writes data at off and returns the NBD error value of the reply.
 func (cl *appClient) Write(t *testing.T, off uint64, data []byte) uint32 {
 	t.Helper()
-	errno, err := cl.request(appCmdWrite, off, uint32(len(data)), data, nil)
+	errno, err := cl.request(specCmdWrite, off, uint32(len(data)), data, nil)
 	if err != nil {
 		t.Fatalf("NBD_CMD_WRITE(off=%d, len=%d): %v", off, len(data), err)
 	}
@@ -819,8 +800,8 @@ func (cl *appClient) Write(t *testing.T, off uint64, data []byte) uint32 {
 func (cl *appClient) Close() {
 	cl.deadline()
 	var h [28]byte
-	binary.BigEndian.PutUint32(h[0:], appMagicRequest)
-	binary.BigEndian.PutUint16(h[6:], appCmdDisc)
+	binary.BigEndian.PutUint32(h[0:], specMagicRequest)
+	binary.BigEndian.PutUint16(h[6:], specCmdDisc)
 	cl.c.Write(h[:])
 	cl.c.Close()
 }

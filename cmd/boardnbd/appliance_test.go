@@ -303,7 +303,7 @@ func TestAppliancePerClientAndAllow(t *testing.T) {
 			if got, want := cl.List(t), []string{"byclient", "public"}; !slices.Equal(got, want) {
 				t.Errorf("NBD_OPT_LIST from %s = %q, want %q", ip, got, want)
 			}
-			if r := cl.Go(t, "byclient"); r != appRepAck {
+			if r := cl.Go(t, "byclient"); r != specRepAck {
 				t.Fatalf("NBD_OPT_GO byclient from %s = reply %#x, want NBD_REP_ACK", ip, r)
 			}
 			if cl.size != uint64(len(data)) {
@@ -324,7 +324,7 @@ func TestAppliancePerClientAndAllow(t *testing.T) {
 		if got, want := cl.List(t), []string{"public"}; !slices.Equal(got, want) {
 			t.Errorf("NBD_OPT_LIST from 127.0.0.4 = %q, want %q", got, want)
 		}
-		if r := cl.Go(t, "byclient"); r != appRepErrUnknown {
+		if r := cl.Go(t, "byclient"); r != specRepErrUnknown {
 			t.Errorf("NBD_OPT_GO byclient from 127.0.0.4 = reply %#x, want NBD_REP_ERR_UNKNOWN", r)
 		}
 		s.Log.wait(t, 0, "client refused: not in the export's allow list", map[string]string{"remote": cl.LocalAddr()})
@@ -389,7 +389,7 @@ func TestApplianceDeviceVanishes(t *testing.T) {
 
 	s := appServe(t, dir, fmt.Sprintf("  - {name: usb, path: %s}\n  - {name: other, path: other.img}\n", link))
 	cl := appDial(t, "", s.Addr)
-	if r := cl.Go(t, "usb"); r != appRepAck {
+	if r := cl.Go(t, "usb"); r != specRepAck {
 		t.Fatalf("NBD_OPT_GO usb = reply %#x", r)
 	}
 	if got, errno := cl.Read(t, 0, 4096); errno != 0 || !bytes.Equal(got, oldData[:4096]) {
@@ -399,8 +399,8 @@ func TestApplianceDeviceVanishes(t *testing.T) {
 	appShutdownExt4(t, mnt)
 	os.Remove(link)
 	for _, off := range []uint64{2 << 20, 3 << 20} {
-		if _, errno := cl.Read(t, off, 4096); errno != appNBDEIO {
-			t.Errorf("Read(off=%d) after the device failed: errno %d, want %d (EIO)", off, errno, appNBDEIO)
+		if _, errno := cl.Read(t, off, 4096); errno != specEIO {
+			t.Errorf("Read(off=%d) after the device failed: errno %d, want %d (EIO)", off, errno, specEIO)
 		}
 	}
 	if got := appNbdcopy(t, s.URI("other")); !bytes.Equal(got, otherData) {
@@ -439,7 +439,7 @@ func TestApplianceAbsentAtStart(t *testing.T) {
 	if got, want := cl.List(t), []string{"later", "here"}; !slices.Equal(got, want) {
 		t.Errorf("NBD_OPT_LIST while later.img is absent = %q, want %q", got, want)
 	}
-	if r := cl.Go(t, "later"); r != appRepErrUnknown {
+	if r := cl.Go(t, "later"); r != specRepErrUnknown {
 		t.Errorf("NBD_OPT_GO later while later.img is absent = reply %#x, want NBD_REP_ERR_UNKNOWN", r)
 	}
 	data := appRandom(2<<20, 80)
@@ -497,11 +497,11 @@ func TestApplianceReload(t *testing.T) {
 	)
 	s := appServe(t, dir, keep+gone)
 	cl := appDial(t, "", s.Addr)
-	if r := cl.Go(t, "keep"); r != appRepAck {
+	if r := cl.Go(t, "keep"); r != specRepAck {
 		t.Fatalf("NBD_OPT_GO keep = reply %#x", r)
 	}
 	goneCl := appDial(t, "", s.Addr)
-	if r := goneCl.Go(t, "gone"); r != appRepAck {
+	if r := goneCl.Go(t, "gone"); r != specRepAck {
 		t.Fatalf("NBD_OPT_GO gone = reply %#x", r)
 	}
 	var off uint64
@@ -549,7 +549,7 @@ func TestApplianceReload(t *testing.T) {
 
 	// gone takes no new clients, but the one it had keeps its connection.
 	nc := appDial(t, "", s.Addr)
-	if r := nc.Go(t, "gone"); r != appRepErrUnknown {
+	if r := nc.Go(t, "gone"); r != specRepErrUnknown {
 		t.Errorf("NBD_OPT_GO gone after its removal = reply %#x, want NBD_REP_ERR_UNKNOWN", r)
 	}
 	if _, errno := goneCl.Read(t, 0, 4096); errno != 0 {
@@ -683,7 +683,7 @@ func TestApplianceConnectionLog(t *testing.T) {
 	})
 	t.Run("raw client", func(t *testing.T) {
 		cl := appDial(t, "127.0.0.2", s.Addr)
-		if r := cl.Go(t, "log"); r != appRepAck {
+		if r := cl.Go(t, "log"); r != specRepAck {
 			t.Fatalf("NBD_OPT_GO log = reply %#x", r)
 		}
 		cl.Write(t, 512, make([]byte, 512))

@@ -675,18 +675,10 @@ type bootProxy struct {
 	dropped atomic.Int64
 }
 
-// NBD constants the proxy needs, named as in the NBD spec.
+// The proxy's limits on what it relays.
 const (
-	bootOptMagic     = 0x49484156454f5054 // IHAVEOPT
-	bootRequestMagic = 0x25609513         // NBD_REQUEST_MAGIC
-	bootCmdRead      = 0                  // NBD_CMD_READ
-	bootCmdWrite     = 1                  // NBD_CMD_WRITE
-	bootCmdDisc      = 2                  // NBD_CMD_DISC
-	bootCmdFlush     = 3                  // NBD_CMD_FLUSH
-	bootCmdTrim      = 4                  // NBD_CMD_TRIM
-	bootCmdZeroes    = 6                  // NBD_CMD_WRITE_ZEROES
-	bootMaxOption    = 64 << 10
-	bootMaxPayload   = 32 << 20
+	bootMaxOption  = 64 << 10
+	bootMaxPayload = 32 << 20
 )
 
 func bootStartProxy(t *testing.T, ns, addr, upstream string) *bootProxy {
@@ -765,12 +757,12 @@ func (p *bootProxy) forward(w io.Writer, r io.Reader) error {
 			return err
 		}
 		switch binary.BigEndian.Uint32(magic) {
-		case bootOptMagic >> 32:
+		case specMagicOpt >> 32:
 			var h [16]byte // IHAVEOPT, option, length
 			if _, err := io.ReadFull(br, h[:]); err != nil {
 				return err
 			}
-			if binary.BigEndian.Uint64(h[:8]) != bootOptMagic {
+			if binary.BigEndian.Uint64(h[:8]) != specMagicOpt {
 				return fmt.Errorf("bad option magic %x", h[:8])
 			}
 			n := binary.BigEndian.Uint32(h[12:])
@@ -784,15 +776,15 @@ func (p *bootProxy) forward(w io.Writer, r io.Reader) error {
 			if _, err := w.Write(append(h[:], data...)); err != nil {
 				return err
 			}
-		case bootRequestMagic:
+		case specMagicRequest:
 			var h [28]byte // magic, flags, type, cookie, offset, length
 			if _, err := io.ReadFull(br, h[:]); err != nil {
 				return err
 			}
 			typ, length := binary.BigEndian.Uint16(h[6:]), binary.BigEndian.Uint32(h[24:])
 			switch typ {
-			case bootCmdWrite, bootCmdTrim, bootCmdZeroes:
-				if typ == bootCmdWrite {
+			case specCmdWrite, specCmdTrim, specCmdWriteZeroes:
+				if typ == specCmdWrite {
 					if length > bootMaxPayload {
 						return fmt.Errorf("write of %d bytes", length)
 					}
@@ -802,13 +794,13 @@ func (p *bootProxy) forward(w io.Writer, r io.Reader) error {
 				}
 				p.dropped.Add(1)
 				binary.BigEndian.PutUint16(h[4:], 0) // flags
-				binary.BigEndian.PutUint16(h[6:], bootCmdFlush)
+				binary.BigEndian.PutUint16(h[6:], specCmdFlush)
 				clear(h[16:]) // offset, length
 			}
 			if _, err := w.Write(h[:]); err != nil {
 				return err
 			}
-			if typ == bootCmdDisc {
+			if typ == specCmdDisc {
 				return nil
 			}
 		default:

@@ -582,30 +582,6 @@ func makeZeroImage(t *testing.T, path string, size int64) {
 	makeSparse(t, path, size)
 }
 
-// Raw NBD, for the tests that check bytes no library shows. Names as in
-// the protocol document (doc/proto.md of NetworkBlockDevice/nbd).
-const (
-	rawInitMagic    uint64 = 0x4e42444d41474943 // NBDMAGIC
-	rawOptMagic     uint64 = 0x49484156454F5054 // IHAVEOPT
-	rawRequestMagic uint32 = 0x25609513         // NBD_REQUEST_MAGIC
-	rawSimpleMagic  uint32 = 0x67446698         // NBD_SIMPLE_REPLY_MAGIC
-
-	rawFlagFixedNewstyle uint16 = 1 << 0 // NBD_FLAG_FIXED_NEWSTYLE
-	rawFlagNoZeroes      uint16 = 1 << 1 // NBD_FLAG_NO_ZEROES
-	rawFlagCNoZeroes     uint32 = 1 << 1 // NBD_FLAG_C_NO_ZEROES
-
-	rawOptExportName uint32 = 1 // NBD_OPT_EXPORT_NAME
-
-	rawTFlagHasFlags uint16 = 1 << 0 // NBD_FLAG_HAS_FLAGS
-	rawTFlagReadOnly uint16 = 1 << 1 // NBD_FLAG_READ_ONLY
-
-	rawCmdRead  uint16 = 0 // NBD_CMD_READ
-	rawCmdWrite uint16 = 1 // NBD_CMD_WRITE
-	rawCmdDisc  uint16 = 2 // NBD_CMD_DISC
-
-	rawEINVAL uint32 = 22 // NBD_EINVAL
-)
-
 // rawClient speaks NBD over any connection; every read and write has a
 // deadline when the connection supports one, and any failure ends the
 // test.
@@ -652,11 +628,11 @@ func (c *rawClient) write(b []byte, what string) {
 func (c *rawClient) greeting() uint16 {
 	c.t.Helper()
 	g := c.read(18, "greeting")
-	if m := binary.BigEndian.Uint64(g[0:8]); m != rawInitMagic {
-		c.t.Fatalf("greeting magic = %#x, want NBDMAGIC %#x", m, rawInitMagic)
+	if m := binary.BigEndian.Uint64(g[0:8]); m != specMagicInit {
+		c.t.Fatalf("greeting magic = %#x, want NBDMAGIC %#x", m, specMagicInit)
 	}
-	if m := binary.BigEndian.Uint64(g[8:16]); m != rawOptMagic {
-		c.t.Fatalf("greeting second magic = %#x, want IHAVEOPT %#x (newstyle)", m, rawOptMagic)
+	if m := binary.BigEndian.Uint64(g[8:16]); m != specMagicOpt {
+		c.t.Fatalf("greeting second magic = %#x, want IHAVEOPT %#x (newstyle)", m, specMagicOpt)
 	}
 	return binary.BigEndian.Uint16(g[16:18])
 }
@@ -668,7 +644,7 @@ func (c *rawClient) clientFlags(f uint32) {
 
 func (c *rawClient) option(opt uint32, data []byte) {
 	c.t.Helper()
-	b := binary.BigEndian.AppendUint64(nil, rawOptMagic)
+	b := binary.BigEndian.AppendUint64(nil, specMagicOpt)
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	c.write(append(b, data...), fmt.Sprintf("option %d", opt))
@@ -676,7 +652,7 @@ func (c *rawClient) option(opt uint32, data []byte) {
 
 func (c *rawClient) request(flags, typ uint16, handle, off uint64, length uint32, payload []byte) {
 	c.t.Helper()
-	b := binary.BigEndian.AppendUint32(nil, rawRequestMagic)
+	b := binary.BigEndian.AppendUint32(nil, specMagicRequest)
 	b = binary.BigEndian.AppendUint16(b, flags)
 	b = binary.BigEndian.AppendUint16(b, typ)
 	b = binary.BigEndian.AppendUint64(b, handle)
@@ -689,8 +665,8 @@ func (c *rawClient) request(flags, typ uint16, handle, off uint64, length uint32
 func (c *rawClient) simpleReply(handle uint64) (errno uint32) {
 	c.t.Helper()
 	h := c.read(16, "simple reply")
-	if m := binary.BigEndian.Uint32(h[0:4]); m != rawSimpleMagic {
-		c.t.Fatalf("reply magic = %#x, want NBD_SIMPLE_REPLY_MAGIC %#x (no structured replies were negotiated)", m, rawSimpleMagic)
+	if m := binary.BigEndian.Uint32(h[0:4]); m != specMagicSimple {
+		c.t.Fatalf("reply magic = %#x, want NBD_SIMPLE_REPLY_MAGIC %#x (no structured replies were negotiated)", m, specMagicSimple)
 	}
 	if got := binary.BigEndian.Uint64(h[8:16]); got != handle {
 		c.t.Fatalf("reply handle = %#x, want %#x", got, handle)
@@ -702,7 +678,7 @@ func (c *rawClient) simpleReply(handle uint64) (errno uint32) {
 // transmission flags, and the 124 reserved zero bytes unless noZeroes.
 func (c *rawClient) exportName(name string, noZeroes bool) (size uint64, flags uint16) {
 	c.t.Helper()
-	c.option(rawOptExportName, []byte(name))
+	c.option(specOptExportName, []byte(name))
 	n := 8 + 2 + 124
 	if noZeroes {
 		n = 8 + 2

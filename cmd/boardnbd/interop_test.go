@@ -796,7 +796,7 @@ func TestInteropRawNewstyle(t *testing.T) {
 		}
 		t.Cleanup(func() { nc.Close() })
 		c := newRawClient(t, nc, nc)
-		if f := c.greeting(); f&rawFlagFixedNewstyle == 0 {
+		if f := c.greeting(); f&specFlagFixedNewstyle == 0 {
 			t.Errorf("handshake flags = %#x, want NBD_FLAG_FIXED_NEWSTYLE set", f)
 		}
 		return c
@@ -809,7 +809,7 @@ func TestInteropRawNewstyle(t *testing.T) {
 		export   string
 	}{
 		{"client flags 0", 0, false, "disk"},
-		{"NBD_FLAG_C_NO_ZEROES", rawFlagCNoZeroes, true, "disk"},
+		{"NBD_FLAG_C_NO_ZEROES", specFlagCNoZeroes, true, "disk"},
 		{"empty name is the only export", 0, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -819,12 +819,12 @@ func TestInteropRawNewstyle(t *testing.T) {
 			if gotSize != size {
 				t.Errorf("export size = %d, want %d", gotSize, size)
 			}
-			if tflags&rawTFlagHasFlags == 0 || tflags&rawTFlagReadOnly != 0 {
+			if tflags&specTFlagHasFlags == 0 || tflags&specTFlagReadOnly != 0 {
 				t.Errorf("transmission flags = %#x, want HAS_FLAGS and not READ_ONLY", tflags)
 			}
 			// A READ right after: had the server sent more or fewer than
 			// 124 zeroes, this reply would be misaligned.
-			c.request(0, rawCmdRead, 0x1122334455667788, 8192, 4096, nil)
+			c.request(0, specCmdRead, 0x1122334455667788, 8192, 4096, nil)
 			if e := c.simpleReply(0x1122334455667788); e != 0 {
 				t.Fatalf("READ [8192, +4096): error %d", e)
 			}
@@ -832,22 +832,22 @@ func TestInteropRawNewstyle(t *testing.T) {
 				t.Errorf("READ [8192, +4096) returned other bytes than the file holds")
 			}
 			c.request(0, 99, 2, 0, 0, nil)
-			if e := c.simpleReply(2); e != rawEINVAL {
-				t.Errorf("unknown command 99: error %d, want EINVAL (%d)", e, rawEINVAL)
+			if e := c.simpleReply(2); e != specEINVAL {
+				t.Errorf("unknown command 99: error %d, want EINVAL (%d)", e, specEINVAL)
 			}
 			payload := bytes.Repeat([]byte{0xc3}, 512)
-			c.request(0, rawCmdWrite, 3, 4096, 512, payload)
+			c.request(0, specCmdWrite, 3, 4096, 512, payload)
 			if e := c.simpleReply(3); e != 0 {
 				t.Fatalf("WRITE [4096, +512) after the error: error %d", e)
 			}
-			c.request(0, rawCmdRead, 4, 4096, 512, nil)
+			c.request(0, specCmdRead, 4, 4096, 512, nil)
 			if e := c.simpleReply(4); e != 0 {
 				t.Fatalf("READ [4096, +512): error %d", e)
 			}
 			if got := c.read(512, "READ data"); !bytes.Equal(got, payload) {
 				t.Errorf("READ [4096, +512) after WRITE returned other bytes")
 			}
-			c.request(0, rawCmdDisc, 5, 0, 0, nil)
+			c.request(0, specCmdDisc, 5, 0, 0, nil)
 			c.expectClosed("after NBD_CMD_DISC")
 		})
 	}
@@ -855,7 +855,7 @@ func TestInteropRawNewstyle(t *testing.T) {
 	t.Run("unknown export", func(t *testing.T) {
 		c := dial(t)
 		c.clientFlags(0)
-		c.option(rawOptExportName, []byte("no-such-export"))
+		c.option(specOptExportName, []byte("no-such-export"))
 		c.expectClosed("NBD_OPT_EXPORT_NAME of an unknown export")
 	})
 }
@@ -993,21 +993,21 @@ func TestInteropInetd(t *testing.T) {
 		}()
 		c := newRawClient(t, outR, inW)
 		c.greeting()
-		c.clientFlags(uint32(rawFlagFixedNewstyle) | rawFlagCNoZeroes)
+		c.clientFlags(uint32(specFlagFixedNewstyle) | specFlagCNoZeroes)
 		if gotSize, _ := c.exportName("disk", true); gotSize != size {
 			t.Errorf("export size over pipes = %d, want %d", gotSize, size)
 		}
 		// A client that thinks before its first request: the server's
 		// read must wait for it, not find an empty pipe and give up.
 		time.Sleep(100 * time.Millisecond)
-		c.request(0, rawCmdRead, 1, 0, 4096, nil)
+		c.request(0, specCmdRead, 1, 0, 4096, nil)
 		if e := c.simpleReply(1); e != 0 {
 			t.Fatalf("READ over pipes: error %d", e)
 		}
 		if got := c.read(4096, "READ data"); !bytes.Equal(got, content[:4096]) {
 			t.Errorf("READ [0, +4096) over pipes returned other bytes than the file holds")
 		}
-		c.request(0, rawCmdDisc, 2, 0, 0, nil)
+		c.request(0, specCmdDisc, 2, 0, 0, nil)
 	})
 
 	// nbdinfo [ CMD ] runs CMD with a listening socket passed the systemd

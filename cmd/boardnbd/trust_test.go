@@ -98,7 +98,7 @@ func TestCrashAfterFlush(t *testing.T) {
 					data[j] = byte(rng.Uint32())
 				}
 				want[off] = data
-				c.request(0, rawCmdWrite, uint64(i), off, block, data)
+				c.request(0, specCmdWrite, uint64(i), off, block, data)
 			}
 			// Replies come in any order.
 			for range 200 {
@@ -107,7 +107,7 @@ func TestCrashAfterFlush(t *testing.T) {
 					t.Fatalf("WRITE (handle %d): error %d", binary.BigEndian.Uint64(h[8:]), e)
 				}
 			}
-			c.request(0, 3 /* NBD_CMD_FLUSH */, 999, 0, 0, nil)
+			c.request(0, specCmdFlush, 999, 0, 0, nil)
 			if e := c.simpleReply(999); e != 0 {
 				t.Fatalf("FLUSH: error %d", e)
 			}
@@ -120,7 +120,7 @@ func TestCrashAfterFlush(t *testing.T) {
 			h := uint64(0)
 			for off, data := range want {
 				h++
-				c2.request(0, rawCmdRead, h, off, block, nil)
+				c2.request(0, specCmdRead, h, off, block, nil)
 				if e := c2.simpleReply(h); e != 0 {
 					t.Fatalf("READ(off=%d) after the crash: error %d", off, e)
 				}
@@ -128,7 +128,7 @@ func TestCrashAfterFlush(t *testing.T) {
 					t.Fatalf("READ(off=%d) after the crash differs from the flushed write", off)
 				}
 			}
-			c2.request(0, rawCmdDisc, 0, 0, 0, nil)
+			c2.request(0, specCmdDisc, 0, 0, 0, nil)
 			if mode == "persistent overlay" && fileSHA256(t, img) != base {
 				t.Errorf("the base image changed under a copy-on-write export")
 			}
@@ -146,7 +146,7 @@ func crashClient(t *testing.T, addr string) *rawClient {
 	t.Cleanup(func() { nc.Close() })
 	c := newRawClient(t, nc, nc)
 	c.greeting()
-	c.clientFlags(1 | rawFlagCNoZeroes) // NBD_FLAG_C_FIXED_NEWSTYLE | NO_ZEROES
+	c.clientFlags(1 | specFlagCNoZeroes) // NBD_FLAG_C_FIXED_NEWSTYLE | NO_ZEROES
 	c.exportName("disk", true)
 	return c
 }
