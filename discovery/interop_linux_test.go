@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"boardnbd/discovery/discoverytest"
 )
 
 // The exports of the interop tests: one plain, one whose name has a dot
@@ -101,32 +103,32 @@ func checkAvahi(entries []avahiEntry, host string, exports ...Export) error {
 // Close.
 func TestBuiltinInterop(t *testing.T) {
 	needRoot(t, "avahi-daemon", "avahi-browse", "dbus-daemon")
-	l := newLab(t)
-	avahiB := startAvahi(t, l.nsB, l.vethB, "boardb")
+	l := discoverytest.NewLab(t, addrA, addrB)
+	avahiB := discoverytest.StartAvahi(t, l.NSB, l.VethB, "boardb")
 
-	adv := startAdvertiser(t, l.nsA, Config{Backend: BackendAuto, Host: "boarda", Board: "lab bench 3"},
+	adv := startAdvertiser(t, l.NSA, Config{Backend: BackendAuto, Host: "boarda", Board: "lab bench 3"},
 		"DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent/bus")
 	if adv.backend != BackendBuiltin {
 		t.Fatalf("auto without a system bus chose %q, want builtin", adv.backend)
 	}
 	adv.update(rootfs, dotted)
-	bcfg := BrowseConfig{Interfaces: []string{l.vethB}, Timeout: 1500 * time.Millisecond}
+	bcfg := BrowseConfig{Interfaces: []string{l.VethB}, Timeout: 1500 * time.Millisecond}
 
 	t.Run("Browse", func(t *testing.T) {
-		waitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
-			err := checkFound(browse(t, l.nsB, bcfg), "boarda", rootfs, dotted)
+		discoverytest.WaitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
+			err := checkFound(browse(t, l.NSB, bcfg), "boarda", rootfs, dotted)
 			return err == nil, fmt.Sprint(err)
 		})
 	})
 	t.Run("avahi-browse", func(t *testing.T) {
-		waitFor(t, 15*time.Second, "avahi-browse resolving both exports", func() (bool, string) {
-			entries, out := avahiBrowse(t, l.nsB, avahiB)
+		discoverytest.WaitFor(t, 15*time.Second, "avahi-browse resolving both exports", func() (bool, string) {
+			entries, out := avahiBrowse(t, l.NSB, avahiB)
 			err := checkAvahi(entries, "boarda", rootfs, dotted)
 			return err == nil, fmt.Sprintf("%v\n%s", err, out)
 		})
 	})
 	t.Run("live update", func(t *testing.T) {
-		lines := watchAvahi(t, l.nsB, avahiB)
+		lines := watchAvahi(t, l.NSB, avahiB)
 		waitLine(t, lines, "=;", "IPv4;rootfs\\032on\\032boarda;")
 		adv.update(rootfs, dotted, late)
 		waitLine(t, lines, "=;", "IPv4;late\\032on\\032boarda;")
@@ -135,8 +137,8 @@ func TestBuiltinInterop(t *testing.T) {
 	})
 	t.Run("address change", func(t *testing.T) {
 		const extra = "10.231.0.11"
-		cfg, _ := json.Marshal(listenConfig{Iface: l.vethB, Addr: netip.MustParseAddr(extra), Timeout: 3*pollInterval + 5*time.Second})
-		listen := start(t, l.nsB, []string{helperEnv + "=listen", helperConfigEnv + "=" + string(cfg)}, os.Args[0], "-test.run=^$")
+		cfg, _ := json.Marshal(listenConfig{Iface: l.VethB, Addr: netip.MustParseAddr(extra), Timeout: 3*pollInterval + 5*time.Second})
+		listen := discoverytest.Command(l.NSB, []string{helperEnv + "=listen", helperConfigEnv + "=" + string(cfg)}, os.Args[0], "-test.run=^$")
 		out, err := listen.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -145,12 +147,12 @@ func TestBuiltinInterop(t *testing.T) {
 		if err := listen.Start(); err != nil {
 			t.Fatal(err)
 		}
-		stopAtCleanup(t, listen)
+		discoverytest.StopAtCleanup(t, listen)
 		sc := bufio.NewScanner(out)
 		if !sc.Scan() || sc.Text() != "listening" {
 			t.Fatalf("listen helper: %q", sc.Text())
 		}
-		if out, err := exec.Command("ip", "-n", l.nsA, "addr", "add", extra+"/24", "dev", l.vethA).CombinedOutput(); err != nil {
+		if out, err := exec.Command("ip", "-n", l.NSA, "addr", "add", extra+"/24", "dev", l.VethA).CombinedOutput(); err != nil {
 			t.Fatalf("ip addr add: %v\n%s", err, out)
 		}
 		if err := listen.Wait(); err != nil {
@@ -162,12 +164,12 @@ func TestBuiltinInterop(t *testing.T) {
 		adv.close()
 		// Without goodbyes avahi-daemon would keep the records for their
 		// TTLs: 120 s and 75 minutes.
-		waitFor(t, 10*time.Second, "exports gone from avahi-browse", func() (bool, string) {
-			entries, out := avahiBrowse(t, l.nsB, avahiB)
+		discoverytest.WaitFor(t, 10*time.Second, "exports gone from avahi-browse", func() (bool, string) {
+			entries, out := avahiBrowse(t, l.NSB, avahiB)
 			return len(entries) == 0, out
 		})
 		t.Logf("gone from avahi-browse %v after Close", time.Since(closed).Round(100*time.Millisecond))
-		if found := browse(t, l.nsB, BrowseConfig{Interfaces: []string{l.vethB}, Timeout: 500 * time.Millisecond}); len(found) != 0 {
+		if found := browse(t, l.NSB, BrowseConfig{Interfaces: []string{l.VethB}, Timeout: 500 * time.Millisecond}); len(found) != 0 {
 			t.Errorf("Browse after Close found %+v, want nothing", found)
 		}
 	})
@@ -178,11 +180,11 @@ func TestBuiltinInterop(t *testing.T) {
 // (which shares its host with avahi-daemon), find the exports.
 func TestAvahiBackend(t *testing.T) {
 	needRoot(t, "avahi-daemon", "avahi-browse", "dbus-daemon")
-	l := newLab(t)
-	avahiA := startAvahi(t, l.nsA, l.vethA, "boarda")
-	avahiB := startAvahi(t, l.nsB, l.vethB, "boardb")
+	l := discoverytest.NewLab(t, addrA, addrB)
+	avahiA := discoverytest.StartAvahi(t, l.NSA, l.VethA, "boarda")
+	avahiB := discoverytest.StartAvahi(t, l.NSB, l.VethB, "boardb")
 
-	adv := startAdvertiser(t, l.nsA, Config{Backend: BackendAuto, Host: "boarda", Board: "lab bench 3"}, avahiA.env())
+	adv := startAdvertiser(t, l.NSA, Config{Backend: BackendAuto, Host: "boarda", Board: "lab bench 3"}, avahiA.Env())
 	if adv.backend != BackendAvahi {
 		t.Fatalf("auto with avahi-daemon on the bus chose %q, want avahi", adv.backend)
 	}
@@ -191,10 +193,10 @@ func TestAvahiBackend(t *testing.T) {
 	for _, ns := range []struct {
 		name string
 		ns   string
-		d    *avahiDaemon
-	}{{"B", l.nsB, avahiB}, {"A", l.nsA, avahiA}} {
+		d    *discoverytest.Avahi
+	}{{"B", l.NSB, avahiB}, {"A", l.NSA, avahiA}} {
 		t.Run("avahi-browse in "+ns.name, func(t *testing.T) {
-			waitFor(t, 15*time.Second, "avahi-browse resolving both exports", func() (bool, string) {
+			discoverytest.WaitFor(t, 15*time.Second, "avahi-browse resolving both exports", func() (bool, string) {
 				entries, out := avahiBrowse(t, ns.ns, ns.d)
 				err := checkAvahi(entries, "boarda", rootfs, dotted)
 				return err == nil, fmt.Sprintf("%v\n%s", err, out)
@@ -202,19 +204,19 @@ func TestAvahiBackend(t *testing.T) {
 		})
 	}
 	t.Run("Browse in B", func(t *testing.T) {
-		waitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
-			err := checkFound(browse(t, l.nsB, BrowseConfig{Interfaces: []string{l.vethB}, Timeout: 1500 * time.Millisecond}), "boarda", rootfs, dotted)
+		discoverytest.WaitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
+			err := checkFound(browse(t, l.NSB, BrowseConfig{Interfaces: []string{l.VethB}, Timeout: 1500 * time.Millisecond}), "boarda", rootfs, dotted)
 			return err == nil, fmt.Sprint(err)
 		})
 	})
 	t.Run("Browse in A beside avahi-daemon", func(t *testing.T) {
-		waitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
-			err := checkFound(browse(t, l.nsA, BrowseConfig{Interfaces: []string{l.vethA}, Timeout: 1500 * time.Millisecond}), "boarda", rootfs, dotted)
+		discoverytest.WaitFor(t, 15*time.Second, "Browse finding both exports", func() (bool, string) {
+			err := checkFound(browse(t, l.NSA, BrowseConfig{Interfaces: []string{l.VethA}, Timeout: 1500 * time.Millisecond}), "boarda", rootfs, dotted)
 			return err == nil, fmt.Sprint(err)
 		})
 	})
 	t.Run("live update", func(t *testing.T) {
-		lines := watchAvahi(t, l.nsB, avahiB)
+		lines := watchAvahi(t, l.NSB, avahiB)
 		waitLine(t, lines, "=;", "IPv4;rootfs\\032on\\032boarda;")
 		adv.update(rootfs, dotted, late)
 		waitLine(t, lines, "=;", "IPv4;late\\032on\\032boarda;")
@@ -222,8 +224,8 @@ func TestAvahiBackend(t *testing.T) {
 	t.Run("goodbye on Close", func(t *testing.T) {
 		adv.close()
 		closed := time.Now()
-		waitFor(t, 10*time.Second, "exports gone from avahi-browse in B", func() (bool, string) {
-			entries, out := avahiBrowse(t, l.nsB, avahiB)
+		discoverytest.WaitFor(t, 10*time.Second, "exports gone from avahi-browse in B", func() (bool, string) {
+			entries, out := avahiBrowse(t, l.NSB, avahiB)
 			return len(entries) == 0, out
 		})
 		t.Logf("gone from avahi-browse %v after Close", time.Since(closed).Round(100*time.Millisecond))
@@ -232,9 +234,9 @@ func TestAvahiBackend(t *testing.T) {
 
 // watchAvahi starts a long-running avahi-browse -rpk _nbd._tcp in ns and
 // returns its output lines.
-func watchAvahi(t *testing.T, ns string, d *avahiDaemon) <-chan string {
+func watchAvahi(t *testing.T, ns string, d *discoverytest.Avahi) <-chan string {
 	t.Helper()
-	cmd := start(t, ns, []string{d.env()}, "avahi-browse", "-rpk", "_nbd._tcp")
+	cmd := discoverytest.Command(ns, []string{d.Env()}, "avahi-browse", "-rpk", "_nbd._tcp")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +244,7 @@ func watchAvahi(t *testing.T, ns string, d *avahiDaemon) <-chan string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stopAtCleanup(t, cmd)
+	discoverytest.StopAtCleanup(t, cmd)
 	lines := make(chan string, 256)
 	go func() {
 		defer close(lines)
@@ -284,25 +286,25 @@ func waitLine(t *testing.T, lines <-chan string, prefix, part string) {
 // advertise the export.
 func TestAvahiCollision(t *testing.T) {
 	needRoot(t, "avahi-daemon", "avahi-browse", "avahi-publish", "dbus-daemon")
-	l := newLab(t)
-	avahiA := startAvahi(t, l.nsA, l.vethA, "boarda")
-	avahiB := startAvahi(t, l.nsB, l.vethB, "boardb")
+	l := discoverytest.NewLab(t, addrA, addrB)
+	avahiA := discoverytest.StartAvahi(t, l.NSA, l.VethA, "boarda")
+	avahiB := discoverytest.StartAvahi(t, l.NSB, l.VethB, "boardb")
 
-	squatter := start(t, l.nsB, []string{avahiB.env()}, "avahi-publish", "-s", "rootfs on boarda", "_nbd._tcp", "1234", "squatter=1")
+	squatter := discoverytest.Command(l.NSB, []string{avahiB.Env()}, "avahi-publish", "-s", "rootfs on boarda", "_nbd._tcp", "1234", "squatter=1")
 	squatter.Stderr = &testLogWriter{t: t, prefix: "avahi-publish: "}
 	if err := squatter.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stopAtCleanup(t, squatter)
-	waitFor(t, 15*time.Second, "the squatter in avahi-browse", func() (bool, string) {
-		entries, out := avahiBrowse(t, l.nsB, avahiB)
+	discoverytest.StopAtCleanup(t, squatter)
+	discoverytest.WaitFor(t, 15*time.Second, "the squatter in avahi-browse", func() (bool, string) {
+		entries, out := avahiBrowse(t, l.NSB, avahiB)
 		return slices.ContainsFunc(entries, func(e avahiEntry) bool { return e.Name == "rootfs on boarda" }), out
 	})
 
-	adv := startAdvertiser(t, l.nsA, Config{Backend: BackendAvahi, Host: "boarda", Board: "lab bench 3"}, avahiA.env())
+	adv := startAdvertiser(t, l.NSA, Config{Backend: BackendAvahi, Host: "boarda", Board: "lab bench 3"}, avahiA.Env())
 	adv.update(rootfs)
-	waitFor(t, 20*time.Second, "rootfs under a new name beside the squatter", func() (bool, string) {
-		entries, out := avahiBrowse(t, l.nsB, avahiB)
+	discoverytest.WaitFor(t, 20*time.Second, "rootfs under a new name beside the squatter", func() (bool, string) {
+		entries, out := avahiBrowse(t, l.NSB, avahiB)
 		var ours, theirs bool
 		for _, e := range entries {
 			if e.Proto != "IPv4" {

@@ -5,19 +5,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	dbus "github.com/godbus/dbus/v5"
+	"boardnbd/discovery/discoverytest"
 )
 
 // The lab: two network namespaces joined by a veth pair,
@@ -50,93 +46,6 @@ func needRoot(t *testing.T, tools ...string) {
 	}
 }
 
-var labSeq atomic.Int32
-
-type lab struct {
-	nsA, nsB     string
-	vethA, vethB string
-}
-
-// newLab creates the two namespaces and the veth pair, and waits until
-// the IPv6 link-local addresses are usable.
-func newLab(t *testing.T) *lab {
-	t.Helper()
-	n := labSeq.Add(1)
-	id := fmt.Sprintf("%d%d", os.Getpid()%100000, n)
-	l := &lab{nsA: "bnbd-a" + id, nsB: "bnbd-b" + id, vethA: "bnA" + id, vethB: "bnB" + id}
-	run := func(args ...string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	for _, ns := range []string{l.nsA, l.nsB} {
-		run("ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		// No duplicate address detection: link-local addresses are usable at once.
-		run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-		run("ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	run("ip", "link", "add", l.vethA, "netns", l.nsA, "type", "veth", "peer", "name", l.vethB, "netns", l.nsB)
-	run("ip", "-n", l.nsA, "addr", "add", addrA+"/24", "dev", l.vethA)
-	run("ip", "-n", l.nsB, "addr", "add", addrB+"/24", "dev", l.vethB)
-	run("ip", "-n", l.nsA, "link", "set", l.vethA, "up")
-	run("ip", "-n", l.nsB, "link", "set", l.vethB, "up")
-	for ns, dev := range map[string]string{l.nsA: l.vethA, l.nsB: l.vethB} {
-		waitFor(t, 10*time.Second, "link-local address on "+dev, func() (bool, string) {
-			out, _ := exec.Command("ip", "-n", ns, "-6", "addr", "show", "dev", dev, "scope", "link").CombinedOutput()
-			s := string(out)
-			return strings.Contains(s, "fe80") && !strings.Contains(s, "tentative"), s
-		})
-	}
-	return l
-}
-
-// waitFor polls cond every 100 ms until it holds or timeout passes; then
-// the test fails with cond's last words.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v, still no %s; last:\n%s", timeout, what, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// start runs a command inside namespace ns and ends it (by PID) at
-// cleanup: SIGTERM, then SIGKILL after three seconds.
-func start(t *testing.T, ns string, env []string, args ...string) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	return cmd
-}
-
-func stopAtCleanup(t *testing.T, cmd *exec.Cmd) {
-	t.Cleanup(func() {
-		if cmd.Process == nil || cmd.ProcessState != nil {
-			return
-		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(3 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-}
-
 // advertiser is the advertise helper running in a namespace.
 type advertiser struct {
 	t       *testing.T
@@ -152,7 +61,7 @@ func startAdvertiser(t *testing.T, ns string, cfg Config, env ...string) *advert
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := start(t, ns, append(env, helperEnv+"=advertise", helperConfigEnv+"="+string(cj)), os.Args[0], "-test.run=^$")
+	cmd := discoverytest.Command(ns, append(env, helperEnv+"=advertise", helperConfigEnv+"="+string(cj)), os.Args[0], "-test.run=^$")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +74,7 @@ func startAdvertiser(t *testing.T, ns string, cfg Config, env ...string) *advert
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stopAtCleanup(t, cmd)
+	discoverytest.StopAtCleanup(t, cmd)
 	a := &advertiser{t: t, cmd: cmd, stdin: stdin, replies: make(chan helperReply, 8)}
 	go func() {
 		defer close(a.replies)
@@ -220,7 +129,7 @@ func (a *advertiser) close() { a.t.Helper(); a.do(helperCommand{Op: "close"}) }
 func browse(t *testing.T, ns string, cfg BrowseConfig) []Found {
 	t.Helper()
 	cj, _ := json.Marshal(cfg)
-	cmd := start(t, ns, []string{helperEnv + "=browse", helperConfigEnv + "=" + string(cj)}, os.Args[0], "-test.run=^$")
+	cmd := discoverytest.Command(ns, []string{helperEnv + "=browse", helperConfigEnv + "=" + string(cj)}, os.Args[0], "-test.run=^$")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout+10*time.Second)
@@ -243,117 +152,6 @@ func stopProcess(cmd *exec.Cmd) {
 	}
 }
 
-// avahiDaemon is an avahi-daemon with its own dbus-daemon, in one
-// namespace.
-type avahiDaemon struct {
-	bus string // DBUS_SYSTEM_BUS_ADDRESS value
-}
-
-func (d *avahiDaemon) env() string { return "DBUS_SYSTEM_BUS_ADDRESS=" + d.bus }
-
-const dbusConfig = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_type="method_return"/>
-    <allow send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="signal"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-  </policy>
-</busconfig>
-`
-
-const avahiConfig = `[server]
-host-name=%s
-use-ipv4=yes
-use-ipv6=yes
-allow-interfaces=%s
-enable-dbus=yes
-ratelimit-interval-usec=1000000
-ratelimit-burst=1000
-
-[wide-area]
-enable-wide-area=no
-
-[publish]
-publish-hinfo=no
-publish-workstation=no
-`
-
-// startAvahi starts dbus-daemon and avahi-daemon inside namespace ns,
-// avahi on iface only and named host, and waits until avahi runs.
-// avahi-daemon's pid file and socket live in /run/avahi-daemon, shared by
-// every namespace, so it gets a private tmpfs there (ip netns exec has
-// already given it its own mount namespace).
-func startAvahi(t *testing.T, ns, iface, host string) *avahiDaemon {
-	t.Helper()
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "bus")
-	if err := os.WriteFile(filepath.Join(dir, "dbus.conf"), fmt.Appendf(nil, dbusConfig, sock), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "avahi.conf"), fmt.Appendf(nil, avahiConfig, host, iface), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dbusd := start(t, ns, nil, "dbus-daemon", "--config-file="+filepath.Join(dir, "dbus.conf"), "--nofork", "--nopidfile", "--print-address")
-	out, err := dbusd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbusd.Stderr = &testLogWriter{t: t, prefix: ns + " dbus-daemon: "}
-	if err := dbusd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopAtCleanup(t, dbusd)
-	line := make(chan string, 1)
-	go func() {
-		l, _ := bufio.NewReader(out).ReadString('\n')
-		line <- strings.TrimSpace(l)
-		io.Copy(io.Discard, out)
-	}()
-	var bus string
-	select {
-	case bus = <-line:
-	case <-time.After(10 * time.Second):
-		t.Fatal("dbus-daemon printed no address in 10 s")
-	}
-	if bus == "" {
-		t.Fatal("dbus-daemon exited")
-	}
-	d := &avahiDaemon{bus: bus}
-
-	avahid := start(t, ns, []string{d.env()}, "sh", "-c",
-		`mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon && exec avahi-daemon --no-drop-root --no-chroot --no-rlimits --no-proc-title -f "$0"`,
-		filepath.Join(dir, "avahi.conf"))
-	avahid.Stdout = &testLogWriter{t: t, prefix: ns + " avahi-daemon: "}
-	avahid.Stderr = avahid.Stdout
-	if err := avahid.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopAtCleanup(t, avahid)
-
-	conn, err := dbus.Connect(bus)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", bus, err)
-	}
-	defer conn.Close()
-	waitFor(t, 20*time.Second, "running avahi-daemon in "+ns, func() (bool, string) {
-		var state int32
-		err := conn.Object(avahiName, "/").Call("org.freedesktop.Avahi.Server.GetState", 0).Store(&state)
-		return err == nil && state == 2, fmt.Sprintf("state %d, err %v", state, err)
-	})
-	return d
-}
-
 // avahiEntry is one resolved line of avahi-browse -p: "=;iface;proto;
 // name;type;domain;host;address;port;txt".
 type avahiEntry struct {
@@ -364,12 +162,12 @@ type avahiEntry struct {
 
 // avahiBrowse runs avahi-browse -rptk _nbd._tcp in namespace ns against
 // daemon d and returns the resolved entries.
-func avahiBrowse(t *testing.T, ns string, d *avahiDaemon) ([]avahiEntry, string) {
+func avahiBrowse(t *testing.T, ns string, d *discoverytest.Avahi) ([]avahiEntry, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "avahi-browse", "-rptk", "_nbd._tcp")
-	cmd.Env = append(os.Environ(), d.env())
+	cmd.Env = append(os.Environ(), d.Env())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("avahi-browse in %s: %v\n%s", ns, err, out)

@@ -8,7 +8,7 @@ package main
 //
 // The lab is two namespaces joined by a veth pair,
 //
-//	A (server)  dscA<id> 10.231.9.1/24  <->  dscB<id> 10.231.9.2/24  (browsers) B
+//	A (server)  bnA<id> 10.231.9.1/24  <->  bnB<id> 10.231.9.2/24  (browsers) B
 //
 // so every mDNS packet stays on that pair: the server runs with discovery
 // enabled only inside A, never in the root namespace. The server also
@@ -31,12 +31,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	dbus "github.com/godbus/dbus/v5"
+	"boardnbd/discovery/discoverytest"
 )
 
 const (
@@ -97,77 +96,18 @@ func discoNeed(t *testing.T) {
 	}
 }
 
-var discoLabSeq atomic.Int32
-
+// discoLab is the namespace pair and a directory for images and config.
 type discoLab struct {
-	nsA, nsB     string
-	vethA, vethB string
-	llA          string // the IPv6 link-local address of vethA
-	dir          string // images and config
+	*discoverytest.Lab
+	dir string
 }
 
-// newDiscoLab creates the two namespaces and the veth pair and waits
-// until the IPv6 link-local addresses are usable (no duplicate address
-// detection, so nothing changes under the responder once it runs).
 func newDiscoLab(t *testing.T) *discoLab {
-	t.Helper()
-	id := fmt.Sprintf("%d%d", os.Getpid()%100000, discoLabSeq.Add(1))
-	l := &discoLab{nsA: "bnbd-dA" + id, nsB: "bnbd-dB" + id, vethA: "dscA" + id, vethB: "dscB" + id, dir: t.TempDir()}
-	run := func(args ...string) {
-		t.Helper()
-		if r := runTool(t, 10*time.Second, args[0], args[1:]...); r.code != 0 {
-			t.Fatalf("%s:\n%s", strings.Join(args, " "), r)
-		}
-	}
-	for _, ns := range []string{l.nsA, l.nsB} {
-		run("ip", "netns", "add", ns)
-		t.Cleanup(func() {
-			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-				t.Errorf("ip netns del %s: %v\n%s", ns, err, out)
-			}
-		})
-		run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-		run("ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	run("ip", "link", "add", l.vethA, "netns", l.nsA, "type", "veth", "peer", "name", l.vethB, "netns", l.nsB)
-	run("ip", "-n", l.nsA, "addr", "add", discoAddrA+"/24", "dev", l.vethA)
-	run("ip", "-n", l.nsB, "addr", "add", discoAddrB+"/24", "dev", l.vethB)
-	run("ip", "-n", l.nsA, "link", "set", l.vethA, "up")
-	run("ip", "-n", l.nsB, "link", "set", l.vethB, "up")
-	for ns, dev := range map[string]string{l.nsA: l.vethA, l.nsB: l.vethB} {
-		discoWaitFor(t, 10*time.Second, "a usable link-local address on "+dev, func() (bool, string) {
-			out, _ := exec.Command("ip", "-n", ns, "-6", "addr", "show", "dev", dev, "scope", "link").CombinedOutput()
-			s := string(out)
-			if ns == l.nsA {
-				if _, rest, ok := strings.Cut(s, "inet6 "); ok {
-					l.llA, _, _ = strings.Cut(rest, "/")
-				}
-			}
-			return strings.Contains(s, "fe80") && !strings.Contains(s, "tentative"), s
-		})
-	}
-	return l
+	return &discoLab{Lab: discoverytest.NewLab(t, discoAddrA, discoAddrB), dir: t.TempDir()}
 }
 
 // path is where the image of e lives.
 func (l *discoLab) path(e discoExport) string { return filepath.Join(l.dir, e.file) }
-
-// discoWaitFor polls cond every 100 ms until it holds, or fails the test
-// after timeout with cond's last words.
-func discoWaitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v, still not %s; last:\n%s", timeout, what, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 // discoStart starts a program inside namespace ns and ends it by PID at
 // cleanup: SIGTERM, then SIGKILL after three seconds. "ip netns exec"
@@ -205,100 +145,6 @@ func discoStart(t *testing.T, ns string, env []string, stdout, stderr io.Writer,
 		}
 	})
 	return cmd, exited
-}
-
-// discoBusConfig is a system bus that lets everyone do everything, for
-// one namespace's avahi-daemon.
-const discoBusConfig = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_type="method_return"/>
-    <allow send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="signal"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-  </policy>
-</busconfig>
-`
-
-// discoAvahiConfig names the daemon's host and keeps it to one interface;
-// no rate limit, so that the tests' queries are all answered.
-const discoAvahiConfig = `[server]
-host-name=%s
-use-ipv4=yes
-use-ipv6=yes
-allow-interfaces=%s
-enable-dbus=yes
-ratelimit-interval-usec=1000000
-ratelimit-burst=1000
-
-[wide-area]
-enable-wide-area=no
-
-[publish]
-publish-hinfo=no
-publish-workstation=no
-`
-
-// discoAvahi is an avahi-daemon with its own dbus-daemon in one namespace.
-type discoAvahi struct {
-	ns  string
-	bus string // the DBUS_SYSTEM_BUS_ADDRESS of its dbus-daemon
-}
-
-func (d *discoAvahi) env() string { return "DBUS_SYSTEM_BUS_ADDRESS=" + d.bus }
-
-// startDiscoAvahi starts dbus-daemon and avahi-daemon in namespace ns, avahi
-// on iface only and named host, and returns once avahi runs. avahi-daemon
-// keeps its pid file in /run/avahi-daemon, which every namespace shares,
-// so it gets a private tmpfs there ("ip netns exec" gives it a mount
-// namespace of its own, whose mounts do not propagate back).
-func startDiscoAvahi(t *testing.T, ns, iface, host string) *discoAvahi {
-	t.Helper()
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "bus")
-	if err := os.WriteFile(filepath.Join(dir, "dbus.conf"), fmt.Appendf(nil, discoBusConfig, sock), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "avahi.conf"), fmt.Appendf(nil, discoAvahiConfig, host, iface), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	busOut, busLog := newLineLog(), newLineLog()
-	discoStart(t, ns, nil, busOut, busLog, "dbus-daemon", "--config-file="+filepath.Join(dir, "dbus.conf"), "--nofork", "--nopidfile", "--print-address")
-	if !busOut.waitFor("unix:", 10*time.Second) {
-		t.Fatalf("dbus-daemon in %s printed no address in 10 s:\n%s", ns, busLog)
-	}
-	d := &discoAvahi{ns: ns, bus: strings.TrimSpace(strings.SplitN(busOut.String(), "\n", 2)[0])}
-
-	avahiLog := newLineLog()
-	discoStart(t, ns, []string{d.env()}, avahiLog, avahiLog, "sh", "-c",
-		`mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon && exec avahi-daemon --no-drop-root --no-chroot --no-rlimits --no-proc-title -f "$0"`,
-		filepath.Join(dir, "avahi.conf"))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("avahi-daemon in %s:\n%s", ns, avahiLog)
-		}
-	})
-	conn, err := dbus.Connect(d.bus)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", d.bus, err)
-	}
-	defer conn.Close()
-	discoWaitFor(t, 20*time.Second, "a running avahi-daemon in "+ns, func() (bool, string) {
-		var state int32
-		err := conn.Object("org.freedesktop.Avahi", "/").Call("org.freedesktop.Avahi.Server.GetState", 0).Store(&state)
-		return err == nil && state == 2, fmt.Sprintf("state %d, err %v\n%s", state, err, avahiLog) // 2: AVAHI_SERVER_RUNNING
-	})
-	return d
 }
 
 // discoEntry is one resolved line of avahi-browse -p:
@@ -363,11 +209,11 @@ func discoUnescape(s string) (string, bool) {
 // and returns the resolutions, by instance name. avahi resolves each
 // instance once per link protocol, to whichever address of the host it
 // has: a line of protocol IPv4 may carry the IPv6 address.
-func discoAvahiBrowse(t *testing.T, d *discoAvahi) (map[string][]discoEntry, string) {
+func discoAvahiBrowse(t *testing.T, d *discoverytest.Avahi) (map[string][]discoEntry, string) {
 	t.Helper()
-	r := runTool(t, 20*time.Second, "ip", "netns", "exec", d.ns, "env", d.env(), "avahi-browse", "-rpt", "_nbd._tcp")
+	r := runTool(t, 20*time.Second, "ip", "netns", "exec", d.NS, "env", d.Env(), "avahi-browse", "-rpt", "_nbd._tcp")
 	if r.code != 0 {
-		t.Fatalf("avahi-browse in %s:\n%s", d.ns, r)
+		t.Fatalf("avahi-browse in %s:\n%s", d.NS, r)
 	}
 	entries := make(map[string][]discoEntry)
 	for _, line := range strings.Split(r.stdout, "\n") {
@@ -391,10 +237,10 @@ type discoWatch struct {
 }
 
 // startDiscoWatch starts avahi-browse -rp _nbd._tcp against daemon d.
-func startDiscoWatch(t *testing.T, d *discoAvahi) *discoWatch {
+func startDiscoWatch(t *testing.T, d *discoverytest.Avahi) *discoWatch {
 	t.Helper()
 	w := &discoWatch{listed: make(map[string]map[string]bool), resolved: make(map[string][]discoEntry)}
-	_, w.exited = discoStart(t, d.ns, []string{d.env()}, w, newLineLog(), "avahi-browse", "-rp", "_nbd._tcp")
+	_, w.exited = discoStart(t, d.NS, []string{d.Env()}, w, newLineLog(), "avahi-browse", "-rp", "_nbd._tcp")
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("the running avahi-browse -rp printed:\n%s", w)
@@ -464,7 +310,7 @@ func (w *discoWatch) names() []string {
 func (w *discoWatch) wait(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	discoWaitFor(t, timeout, what+" in the running avahi-browse", func() (bool, string) {
+	discoverytest.WaitFor(t, timeout, what+" in the running avahi-browse", func() (bool, string) {
 		select {
 		case <-w.exited:
 			t.Fatalf("the running avahi-browse exited; it printed:\n%s", w)
@@ -482,7 +328,7 @@ func (w *discoWatch) resolves(l *discoLab, e discoExport) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return slices.ContainsFunc(w.resolved[e.name+" on "+discoHost], func(a discoEntry) bool {
-		return (a.Addr == discoAddrA || a.Addr == l.llA) && a.Port == discoPort && a.TXT["export"] == e.name
+		return (a.Addr == discoAddrA || a.Addr == l.LinkLocalA) && a.Port == discoPort && a.TXT["export"] == e.name
 	})
 }
 
@@ -537,7 +383,7 @@ func startDiscoServer(t *testing.T, l *discoLab, config string, env ...string) *
 	s := &discoServer{log: newLineLog(), cfg: filepath.Join(l.dir, "boardnbd.yaml")}
 	discoWriteFile(t, s.cfg, []byte(config))
 	// unshare and sh exec too: the PID stays boardnbd's, for signals.
-	s.cmd, s.exited = discoStart(t, l.nsA, env, s.log, s.log,
+	s.cmd, s.exited = discoStart(t, l.NSA, env, s.log, s.log,
 		"unshare", "--uts", "sh", "-c", `hostname "$0" && exec "$@"`, discoHost, bin, "serve", "-c", s.cfg)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -668,11 +514,11 @@ func checkDiscoAvahi(l *discoLab, entries map[string][]discoEntry, want ...disco
 		ro := map[bool]string{false: "0", true: "1"}[e.ro]
 		v4 := false
 		for _, a := range entries[e.name+" on "+discoHost] {
-			if (a.Addr != discoAddrA && a.Addr != l.llA) || a.Port != discoPort || a.Host != discoHost+".local" ||
+			if (a.Addr != discoAddrA && a.Addr != l.LinkLocalA) || a.Port != discoPort || a.Host != discoHost+".local" ||
 				a.TXT["txtvers"] != "1" || a.TXT["export"] != e.name || a.TXT["size"] != strconv.FormatInt(e.size, 10) ||
 				a.TXT["ro"] != ro || a.TXT["tls"] != "0" || a.TXT["desc"] != e.desc || a.TXT["board"] != discoBoard {
 				return fmt.Errorf("%q resolved to %+v, want %s.local %s (or %s) port %d, TXT export=%s size=%d ro=%s tls=0 desc=%q board=%q",
-					a.Name, a, discoHost, discoAddrA, l.llA, discoPort, e.name, e.size, ro, e.desc, discoBoard)
+					a.Name, a, discoHost, discoAddrA, l.LinkLocalA, discoPort, e.name, e.size, ro, e.desc, discoBoard)
 			}
 			v4 = v4 || a.Addr == discoAddrA
 		}
@@ -736,7 +582,7 @@ func TestDiscoveryEndToEndBuiltin(t *testing.T) {
 	t.Parallel()
 	l := newDiscoLab(t)
 	dottedSHA := makeDiscoImages(t, l, discoRootfs, discoDotted, discoSecret, discoExtra) // late is absent
-	avahiB := startDiscoAvahi(t, l.nsB, l.vethB, "boardb")
+	avahiB := discoverytest.StartAvahi(t, l.NSB, l.VethB, "boardb")
 	watch := startDiscoWatch(t, avahiB)
 
 	base := []discoExport{discoRootfs, discoDotted, discoSecret, discoLate}
@@ -749,8 +595,8 @@ func TestDiscoveryEndToEndBuiltin(t *testing.T) {
 
 	t.Run("discover --json", func(t *testing.T) {
 		var found []foundJSON
-		discoWaitFor(t, 15*time.Second, "finding rootfs and img.v2 lab with their TXT", func() (bool, string) {
-			found = discoDiscover(t, l.nsB, "--timeout", "2s")
+		discoverytest.WaitFor(t, 15*time.Second, "finding rootfs and img.v2 lab with their TXT", func() (bool, string) {
+			found = discoDiscover(t, l.NSB, "--timeout", "2s")
 			err := checkDiscoFound(found, advertised...)
 			return err == nil, fmt.Sprint(err)
 		})
@@ -758,7 +604,7 @@ func TestDiscoveryEndToEndBuiltin(t *testing.T) {
 		// (so it is missing from discovery for its allow list alone).
 		for _, f := range found {
 			e := advertised[slices.IndexFunc(advertised, func(e discoExport) bool { return e.name == f.Export })]
-			info := discoNbdinfo(t, l.nsB, f.URI)
+			info := discoNbdinfo(t, l.NSB, f.URI)
 			if len(info.Exports) != 1 {
 				t.Fatalf("nbdinfo %s: %d exports", f.URI, len(info.Exports))
 			}
@@ -771,20 +617,20 @@ func TestDiscoveryEndToEndBuiltin(t *testing.T) {
 			}
 		}
 		dotted := found[slices.IndexFunc(found, func(f foundJSON) bool { return f.Export == discoDotted.name })]
-		r := runTool(t, 30*time.Second, "ip", "netns", "exec", l.nsB, "nbdcopy", dotted.URI, "-")
+		r := runTool(t, 30*time.Second, "ip", "netns", "exec", l.NSB, "nbdcopy", dotted.URI, "-")
 		if r.code != 0 {
 			t.Fatalf("nbdcopy %s -:\n%s", dotted.URI, r)
 		}
 		if sha256.Sum256([]byte(r.stdout)) != dottedSHA {
 			t.Errorf("nbdcopy %s read %d bytes that differ from the image", dotted.URI, len(r.stdout))
 		}
-		if info := discoNbdinfo(t, l.nsB, discoSecret.uri()); len(info.Exports) != 1 || info.Exports[0].Size != discoSecret.size {
+		if info := discoNbdinfo(t, l.NSB, discoSecret.uri()); len(info.Exports) != 1 || info.Exports[0].Size != discoSecret.size {
 			t.Errorf("nbdinfo %s from B, which its allow list admits = %+v, want one export of %d bytes", discoSecret.uri(), info.Exports, discoSecret.size)
 		}
 	})
 
 	t.Run("avahi-browse -rpt", func(t *testing.T) {
-		discoWaitFor(t, 15*time.Second, "avahi-browse resolving rootfs and img.v2 lab", func() (bool, string) {
+		discoverytest.WaitFor(t, 15*time.Second, "avahi-browse resolving rootfs and img.v2 lab", func() (bool, string) {
 			entries, out := discoAvahiBrowse(t, avahiB)
 			err := checkDiscoAvahi(l, entries, advertised...)
 			return err == nil, fmt.Sprintf("%v\n%s", err, out)
@@ -804,7 +650,7 @@ func TestDiscoveryEndToEndBuiltin(t *testing.T) {
 		})
 		t.Logf("late announced %v after its image appeared (hotplug probe every %v)", took.Round(100*time.Millisecond), hotplugInterval)
 		// A netboot script waits for it by name on one interface.
-		found := discoDiscover(t, l.nsB, "--wait", discoLate.name, "--timeout", "10s", "--interface", l.vethB)
+		found := discoDiscover(t, l.NSB, "--wait", discoLate.name, "--timeout", "10s", "--interface", l.VethB)
 		if err := checkDiscoFound(found, discoLate); err != nil {
 			t.Error(err)
 		}
@@ -817,7 +663,7 @@ func TestDiscoveryEndToEndBuiltin(t *testing.T) {
 			return watch.resolves(l, discoExtra)
 		})
 		t.Logf("extra announced %v after SIGHUP", took.Round(100*time.Millisecond))
-		if err := checkDiscoFound(discoDiscover(t, l.nsB, "--timeout", "2s"), append(advertised, discoExtra)...); err != nil {
+		if err := checkDiscoFound(discoDiscover(t, l.NSB, "--timeout", "2s"), append(advertised, discoExtra)...); err != nil {
 			t.Error(err)
 		}
 		srv.reload(t, config)
@@ -847,7 +693,7 @@ func TestDiscoveryEndToEndBuiltin(t *testing.T) {
 		if code := srv.exitCode(t, 15*time.Second); code != 0 {
 			t.Errorf("boardnbd exited %d after SIGTERM, want 0", code)
 		}
-		if found := discoDiscover(t, l.nsB, "--timeout", "1s"); len(found) != 0 {
+		if found := discoDiscover(t, l.NSB, "--timeout", "1s"); len(found) != 0 {
 			t.Errorf("boardnbd discover after SIGTERM found %+v, want nothing", found)
 		}
 		if entries, out := discoAvahiBrowse(t, avahiB); len(entries) != 0 {
@@ -879,23 +725,23 @@ func TestDiscoveryEndToEndAvahi(t *testing.T) {
 	t.Parallel()
 	l := newDiscoLab(t)
 	makeDiscoImages(t, l, discoRootfs, discoDotted, discoSecret)
-	avahiA := startDiscoAvahi(t, l.nsA, l.vethA, discoHost)
-	avahiB := startDiscoAvahi(t, l.nsB, l.vethB, "boardb")
+	avahiA := discoverytest.StartAvahi(t, l.NSA, l.VethA, discoHost)
+	avahiB := discoverytest.StartAvahi(t, l.NSB, l.VethB, "boardb")
 	watch := startDiscoWatch(t, avahiB)
 
-	srv := startDiscoServer(t, l, discoConfig(l, ":10809", "auto", discoRootfs, discoDotted, discoSecret), avahiA.env())
+	srv := startDiscoServer(t, l, discoConfig(l, ":10809", "auto", discoRootfs, discoDotted, discoSecret), avahiA.Env())
 	if !srv.log.contains("backend=avahi") {
 		t.Fatalf("backend auto beside a running avahi-daemon did not log backend=avahi:\n%s", srv.log)
 	}
 	advertised := []discoExport{discoRootfs, discoDotted}
 
 	for _, d := range []struct {
-		ns string
-		*discoAvahi
+		name  string
+		avahi *discoverytest.Avahi
 	}{{"A", avahiA}, {"B", avahiB}} {
-		t.Run("avahi-browse in "+d.ns, func(t *testing.T) {
-			discoWaitFor(t, 15*time.Second, "avahi-browse resolving rootfs and img.v2 lab", func() (bool, string) {
-				entries, out := discoAvahiBrowse(t, d.discoAvahi)
+		t.Run("avahi-browse in "+d.name, func(t *testing.T) {
+			discoverytest.WaitFor(t, 15*time.Second, "avahi-browse resolving rootfs and img.v2 lab", func() (bool, string) {
+				entries, out := discoAvahiBrowse(t, d.avahi)
 				err := checkDiscoAvahi(l, entries, advertised...)
 				return err == nil, fmt.Sprintf("%v\n%s", err, out)
 			})
@@ -903,12 +749,12 @@ func TestDiscoveryEndToEndAvahi(t *testing.T) {
 	}
 	t.Run("discover --json in B", func(t *testing.T) {
 		var found []foundJSON
-		discoWaitFor(t, 15*time.Second, "finding rootfs and img.v2 lab with their TXT", func() (bool, string) {
-			found = discoDiscover(t, l.nsB, "--timeout", "2s")
+		discoverytest.WaitFor(t, 15*time.Second, "finding rootfs and img.v2 lab with their TXT", func() (bool, string) {
+			found = discoDiscover(t, l.NSB, "--timeout", "2s")
 			err := checkDiscoFound(found, advertised...)
 			return err == nil, fmt.Sprint(err)
 		})
-		info := discoNbdinfo(t, l.nsB, discoDotted.uri())
+		info := discoNbdinfo(t, l.NSB, discoDotted.uri())
 		if len(info.Exports) != 1 || info.Exports[0].Size != discoDotted.size {
 			t.Errorf("nbdinfo %s = %+v, want one export of %d bytes", discoDotted.uri(), info.Exports, discoDotted.size)
 		}
@@ -928,7 +774,7 @@ func TestDiscoveryEndToEndAvahi(t *testing.T) {
 		if code := srv.exitCode(t, 15*time.Second); code != 0 {
 			t.Errorf("boardnbd exited %d after SIGTERM, want 0", code)
 		}
-		if found := discoDiscover(t, l.nsB, "--timeout", "1s"); len(found) != 0 {
+		if found := discoDiscover(t, l.NSB, "--timeout", "1s"); len(found) != 0 {
 			t.Errorf("boardnbd discover after SIGTERM found %+v, want nothing", found)
 		}
 	})
