@@ -20,13 +20,16 @@ const (
 // miekg/dns uses for names it unpacks: the bytes . space ' @ ; ( ) " \
 // take a backslash, bytes outside printable ASCII become \DDD. Names in
 // this form compare equal (case-insensitively) to names read off the wire.
-func escapeLabel(label string) string {
+func escapeLabel(label string) string { return escapeBytes(label, ". '@;()\"\\") }
+
+// escapeBytes writes s in DNS presentation format: a backslash before each
+// byte in special, \DDD for each byte outside printable ASCII.
+func escapeBytes(s, special string) string {
 	var b strings.Builder
-	for i := 0; i < len(label); i++ {
-		c := label[i]
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		switch {
-		case c == '.' || c == ' ' || c == '\'' || c == '@' || c == ';' ||
-			c == '(' || c == ')' || c == '"' || c == '\\':
+		case strings.IndexByte(special, c) >= 0:
 			b.WriteByte('\\')
 			b.WriteByte(c)
 		case c < ' ' || c > '~':

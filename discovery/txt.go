@@ -49,22 +49,7 @@ func txtRecord(e Export, board string) ([]string, error) {
 // escapeTXT writes one raw TXT string in the escaped form miekg/dns
 // packs and unpacks: " and \ take a backslash, bytes outside printable
 // ASCII become \DDD.
-func escapeTXT(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b.WriteByte('\\')
-			b.WriteByte(c)
-		case c < ' ' || c > '~':
-			fmt.Fprintf(&b, "\\%03d", c)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
+func escapeTXT(s string) string { return escapeBytes(s, `"\`) }
 
 // unescapeTXT is the inverse of escapeTXT, for strings miekg/dns unpacked.
 // A malformed escape is kept as it is.
