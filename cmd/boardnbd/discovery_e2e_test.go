@@ -425,6 +425,24 @@ func (s *discoServer) exitCode(t *testing.T, timeout time.Duration) int {
 	return s.cmd.ProcessState.ExitCode()
 }
 
+// checkGoneAfterSIGTERM sends srv SIGTERM and checks that every export
+// leaves the running avahi-browse within 5 s, that boardnbd exits 0, and
+// that "boardnbd discover" then finds nothing.
+func checkGoneAfterSIGTERM(t *testing.T, l *discoLab, srv *discoServer, watch *discoWatch) {
+	t.Helper()
+	srv.signal(t, syscall.SIGTERM)
+	took := watch.wait(t, 5*time.Second, "every export gone after SIGTERM", func() bool {
+		return len(watch.names()) == 0
+	})
+	t.Logf("every export withdrawn %v after SIGTERM", took.Round(100*time.Millisecond))
+	if code := srv.exitCode(t, 15*time.Second); code != 0 {
+		t.Errorf("boardnbd exited %d after SIGTERM, want 0", code)
+	}
+	if found := discoDiscover(t, l.NSB, "--timeout", "1s"); len(found) != 0 {
+		t.Errorf("boardnbd discover after SIGTERM found %+v, want nothing", found)
+	}
+}
+
 // discoDiscover runs "boardnbd discover --json ARGS" in namespace ns and
 // returns what it printed.
 func discoDiscover(t *testing.T, ns string, args ...string) []foundJSON {
@@ -683,19 +701,9 @@ func TestDiscoveryEndToEndBuiltin(t *testing.T) {
 		watch.wait(t, 10*time.Second, "every export resolved", func() bool {
 			return watch.resolves(l, discoRootfs) && watch.resolves(l, discoDotted) && watch.resolves(l, discoLate)
 		})
-		srv.signal(t, syscall.SIGTERM)
 		// Without goodbyes avahi-daemon keeps the records for their TTLs
 		// (120 s and 75 min); the control below shows it.
-		took := watch.wait(t, 5*time.Second, "every export gone after SIGTERM", func() bool {
-			return len(watch.names()) == 0
-		})
-		t.Logf("every export withdrawn %v after SIGTERM", took.Round(100*time.Millisecond))
-		if code := srv.exitCode(t, 15*time.Second); code != 0 {
-			t.Errorf("boardnbd exited %d after SIGTERM, want 0", code)
-		}
-		if found := discoDiscover(t, l.NSB, "--timeout", "1s"); len(found) != 0 {
-			t.Errorf("boardnbd discover after SIGTERM found %+v, want nothing", found)
-		}
+		checkGoneAfterSIGTERM(t, l, srv, watch)
 		if entries, out := discoAvahiBrowse(t, avahiB); len(entries) != 0 {
 			t.Errorf("avahi-browse -rpt after SIGTERM still resolves exports:\n%s", out)
 		}
@@ -766,16 +774,6 @@ func TestDiscoveryEndToEndAvahi(t *testing.T) {
 		// avahi-daemon also withdraws the entry group of a client that
 		// leaves the bus, so here this proves the withdrawal and the exit
 		// status; the built-in test's control proves the goodbyes.
-		srv.signal(t, syscall.SIGTERM)
-		took := watch.wait(t, 5*time.Second, "every export gone after SIGTERM", func() bool {
-			return len(watch.names()) == 0
-		})
-		t.Logf("every export withdrawn %v after SIGTERM", took.Round(100*time.Millisecond))
-		if code := srv.exitCode(t, 15*time.Second); code != 0 {
-			t.Errorf("boardnbd exited %d after SIGTERM, want 0", code)
-		}
-		if found := discoDiscover(t, l.NSB, "--timeout", "1s"); len(found) != 0 {
-			t.Errorf("boardnbd discover after SIGTERM found %+v, want nothing", found)
-		}
+		checkGoneAfterSIGTERM(t, l, srv, watch)
 	})
 }
