@@ -70,6 +70,9 @@ type conn struct {
 	raw    net.Conn
 	nc     net.Conn
 	br     *bufio.Reader
+	sock   *sockReader   // br's source while nc is a plain socket; else nil
+	batch  int           // requests decoded since the reader last read the socket
+	gap    time.Duration // the reader's last wait for a request
 	log    *slog.Logger
 	optBuf [512]byte
 	begun  time.Time
@@ -140,10 +143,16 @@ func newConn(s *Server, nc net.Conn) *conn {
 		srv:   s,
 		raw:   nc,
 		nc:    nc,
-		br:    bufio.NewReaderSize(nc, readBufferSize),
+		sock:  newSockReader(nc),
+		gap:   hotWait,
 		begun: time.Now(),
 		slots: make(chan *slot, s.maxInFlight()),
 		work:  make(chan *slot),
+	}
+	if c.sock != nil {
+		c.br = bufio.NewReaderSize(c.sock, readBufferSize)
+	} else {
+		c.br = bufio.NewReaderSize(nc, readBufferSize)
 	}
 	for range cap(c.slots) {
 		c.slots <- nil // slots are allocated on first use
@@ -156,6 +165,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 func (c *conn) serve() {
 	defer c.srv.forget(c)
 	defer c.raw.Close()
+	defer c.sock.release()
 	defer func() {
 		if p := recover(); p != nil {
 			c.log.Error("connection panicked; closing it", "panic", p, "stack", string(debug.Stack()))
@@ -254,10 +264,22 @@ func (c *conn) transmit() error {
 	var hdr [requestLen]byte
 	idle := c.exp.IdleTimeout
 	defer c.uncork()
+	var waitFrom time.Time
 	for {
-		if c.corked && c.br.Buffered() < requestLen {
-			c.uncork() // about to wait for the client: send what is held first
+		waiting := c.br.Buffered() < requestLen
+		if waiting {
+			if c.corked {
+				c.uncork() // about to wait for the client: send what is held first
+			}
+			if c.sock != nil {
+				// One request in the last read, none running, and the client
+				// answered fast: it is at queue depth 1 (see sockReader).
+				c.sock.lone = c.batch <= 1 && c.nInflight.Load() == 0 && c.gap < hotWait
+				waitFrom = time.Now()
+			}
+			c.batch = 0
 		}
+		c.batch++
 		if idle > 0 {
 			c.raw.SetReadDeadline(time.Now().Add(idle))
 			c.armShutdown()
@@ -272,6 +294,9 @@ func (c *conn) transmit() error {
 				return fmt.Errorf("idle for %v", idle)
 			}
 			return err
+		}
+		if waiting && c.sock != nil {
+			c.gap = time.Since(waitFrom)
 		}
 		req, err := decodeRequest(&hdr)
 		if err != nil {

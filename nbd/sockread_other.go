@@ -1,0 +1,15 @@
+//go:build !unix
+
+package nbd
+
+import "time"
+
+// sockReader (sockread_unix.go) exists only on Unix; elsewhere
+// newSockReader returns nil and connections read through net.Conn.
+type sockReader struct{ lone bool }
+
+func newSockReader(any) *sockReader          { return nil }
+func (*sockReader) Read([]byte) (int, error) { panic("unreachable") }
+func (*sockReader) release()                 {}
+
+var hotWait time.Duration

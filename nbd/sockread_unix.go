@@ -1,0 +1,149 @@
+//go:build unix
+
+package nbd
+
+import (
+	"io"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// hotWait bounds how long a thread waits in the kernel for a client at
+// queue depth 1 before the connection parks on the runtime's network
+// poller instead (see sockReader). Tests lengthen it.
+var hotWait = time.Millisecond
+
+// blockingConns counts the connections whose socket is in blocking mode,
+// process-wide.
+var blockingConns atomic.Int32
+
+// sockReader reads a TCP or Unix socket for the reader goroutine. While the
+// reader says the client is at queue depth 1 (lone), it switches the socket
+// to blocking mode with a hotWait receive timeout, so the thread sleeps in
+// read(2) until the next request arrives, as a thread-per-connection C
+// server does.
+//
+// Why: parking on the network poller between requests leaves the process
+// idle, and at depth 1 that costs more than the request: the poller's
+// epoll_wait sleep and wake-up, the runtime's monitor thread (sysmon) put to
+// sleep and woken by the next system call, and a failed read before every
+// park. A thread asleep in read(2) keeps its processor and needs none of it.
+//
+// Limits: it holds an OS thread while it sleeps, so the sleep is short
+// (hotWait; the read then fails with EAGAIN and the connection parks on the
+// poller as usual) and at most GOMAXPROCS-1 connections are in blocking
+// mode at once, so the runtime always has a free processor and never has to
+// take one back from a sleeping reader. Writes in blocking mode sleep at
+// most hotWait too (SO_SNDTIMEO) before they fall back to the poller. A
+// deadline, Close or Shutdown from another goroutine takes effect when the
+// sleep ends, within hotWait.
+type sockReader struct {
+	rc       syscall.RawConn
+	readFD   func(fd uintptr) bool // readOnce, bound once: no allocation per read
+	p        []byte                // readOnce's buffer and results
+	n        int
+	err      error
+	lone     bool // set by the reader before each read
+	blocking bool // the socket is in blocking mode and counted in blockingConns
+	timeouts bool // SO_RCVTIMEO and SO_SNDTIMEO are set
+}
+
+// newSockReader returns a sockReader for nc, or nil if nc is not a socket.
+func newSockReader(nc any) *sockReader {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	r := &sockReader{rc: rc}
+	r.readFD = r.readOnce
+	return r
+}
+
+func (r *sockReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.p = p
+	rerr := r.rc.Read(r.readFD)
+	n, err := r.n, r.err
+	r.p, r.err = nil, nil
+	switch {
+	case rerr != nil:
+		return 0, rerr
+	case err != nil:
+		return 0, os.NewSyscallError("read", err)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// readOnce is the function RawConn.Read calls with the descriptor: it reads
+// into r.p, and returns false to wait on the poller.
+func (r *sockReader) readOnce(fd uintptr) bool {
+	if r.lone != r.blocking {
+		r.setBlocking(int(fd), r.lone)
+	}
+	for {
+		r.n, r.err = unix.Read(int(fd), r.p)
+		if r.err != unix.EINTR {
+			break
+		}
+	}
+	if r.err != unix.EAGAIN {
+		return true
+	}
+	if r.blocking { // the receive timeout ran out: the client is quiet
+		r.lone = false
+		r.setBlocking(int(fd), false)
+	}
+	return false
+}
+
+// setBlocking switches the socket's mode. Switching to blocking mode needs
+// one of the GOMAXPROCS-1 places; without one the socket stays non-blocking.
+func (r *sockReader) setBlocking(fd int, on bool) {
+	if on {
+		if blockingConns.Add(1) >= int32(runtime.GOMAXPROCS(0)) {
+			blockingConns.Add(-1)
+			return
+		}
+		if !r.timeouts {
+			tv := unix.NsecToTimeval(int64(hotWait))
+			if unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) != nil ||
+				unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv) != nil {
+				blockingConns.Add(-1)
+				return
+			}
+			r.timeouts = true
+		}
+		if unix.SetNonblock(fd, false) != nil {
+			blockingConns.Add(-1)
+			return
+		}
+		r.blocking = true
+		return
+	}
+	// Even if this fails the socket must not be counted: a blocking socket
+	// still sleeps at most hotWait.
+	unix.SetNonblock(fd, true)
+	r.blocking = false
+	blockingConns.Add(-1)
+}
+
+// release gives back the connection's place when it ends.
+func (r *sockReader) release() {
+	if r != nil && r.blocking {
+		r.blocking = false
+		blockingConns.Add(-1)
+	}
+}

@@ -1,0 +1,129 @@
+//go:build unix
+
+package nbd
+
+import (
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"boardnbd/nbd/backend"
+)
+
+// lengthenHotWait makes a depth-1 reader sleep in read(2) for d, long enough
+// to observe, and gives the test n processors.
+func lengthenHotWait(t *testing.T, d time.Duration, procs int) {
+	old, oldProcs := hotWait, runtime.GOMAXPROCS(procs)
+	hotWait = d
+	t.Cleanup(func() { hotWait = old; runtime.GOMAXPROCS(oldProcs) })
+	if n := blockingConns.Load(); n != 0 {
+		t.Fatalf("%d connection(s) left in blocking mode by an earlier test", n)
+	}
+}
+
+// waitBlocking waits up to within for want connections in blocking mode.
+func waitBlocking(t *testing.T, want int32, within time.Duration, why string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for blockingConns.Load() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d connection(s) in blocking mode after %v, want %d", why, blockingConns.Load(), within, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// stayBlocking checks that the count stays want for d.
+func stayBlocking(t *testing.T, want int32, d time.Duration, why string) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if n := blockingConns.Load(); n != want {
+			t.Fatalf("%s: %d connection(s) in blocking mode, want %d", why, n, want)
+		}
+	}
+}
+
+func TestDepthOneReaderSleepsInRead(t *testing.T) {
+	const wait = 400 * time.Millisecond
+	lengthenHotWait(t, wait, 2)
+	addr := startServer(t, &Server{}, memExport("disk", newMem(testSize)))
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	buf := make([]byte, 512)
+	readOne := func(h uint64) {
+		t.Helper()
+		tc.request(0, cmdRead, h, 0, 512, nil)
+		if e, got := tc.simple(); e != 0 || got != h {
+			t.Fatalf("read %d = errno %d handle %d", h, e, got)
+		}
+		tc.read(buf)
+	}
+
+	stayBlocking(t, 0, 20*time.Millisecond, "before the first request")
+	tc.fastStreak(0) // requests run on the reader: none is running while it waits
+	waitBlocking(t, 1, wait/2, "at depth 1")
+
+	// Quiet for longer than hotWait: the read times out, the socket goes
+	// back to the poller, and the request after the silence is not fast, so
+	// the reader does not sleep in read(2) for the next one.
+	waitBlocking(t, 0, 2*wait, "after the client went quiet")
+	readOne(3)
+	stayBlocking(t, 0, wait/4, "after a request that followed a silence")
+
+	// Two requests in one read: the client is deeper than 1.
+	readOne(4)
+	waitBlocking(t, 1, wait/2, "back at depth 1")
+	var two [2 * requestLen]byte // in one write, so one read brings both
+	encodeRequest((*[requestLen]byte)(two[:]), request{typ: cmdRead, handle: 5, length: 512})
+	encodeRequest((*[requestLen]byte)(two[requestLen:]), request{typ: cmdRead, handle: 6, length: 512})
+	tc.write(two[:])
+	for range 2 {
+		if e, _ := tc.simple(); e != 0 {
+			t.Fatalf("pipelined read = errno %d", e)
+		}
+		tc.read(buf)
+	}
+	waitBlocking(t, 0, wait/4, "after two requests in one read") // not by the timeout
+}
+
+// With one processor a sleeping reader would leave the runtime none.
+func TestNoBlockingReadsOnOneProcessor(t *testing.T) {
+	lengthenHotWait(t, 400*time.Millisecond, 1)
+	addr := startServer(t, &Server{}, memExport("disk", newMem(testSize)))
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+	stayBlocking(t, 0, 50*time.Millisecond, "GOMAXPROCS=1")
+}
+
+// flushGate holds each Flush until the test sends on gate.
+type flushGate struct {
+	*memBackend
+	gate chan struct{}
+}
+
+func (f *flushGate) Flush() error { <-f.gate; return f.memBackend.Flush() }
+
+// While a request runs on a worker the reader waits on the poller: a
+// sleeping reader would hold a processor the workers may need.
+func TestNoBlockingReadWhileAWorkerRuns(t *testing.T) {
+	const wait = 400 * time.Millisecond
+	lengthenHotWait(t, wait, 2)
+	fg := &flushGate{memBackend: newMem(testSize), gate: make(chan struct{})}
+	addr := startServer(t, &Server{}, &Export{
+		Name: "disk",
+		Open: func(net.Addr) (backend.Backend, error) { return fg, nil },
+	})
+	t.Cleanup(func() { close(fg.gate) })
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+	waitBlocking(t, 1, wait/2, "at depth 1")
+	tc.request(0, cmdFlush, 7, 0, 0, nil) // FLUSH always runs on a worker
+	waitBlocking(t, 0, wait/4, "with a FLUSH on a worker")
+	fg.gate <- struct{}{}
+	if e, h := tc.simple(); e != 0 || h != 7 {
+		t.Fatalf("flush = errno %d handle %d", e, h)
+	}
+}
