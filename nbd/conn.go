@@ -73,6 +73,7 @@ type conn struct {
 	sock   *sockReader   // br's source while nc is a plain socket; else nil
 	batch  int           // requests decoded since the reader last read the socket
 	gap    time.Duration // the reader's last wait for a request
+	bulk   bool          // the last request's payload was larger than the read buffer
 	log    *slog.Logger
 	optBuf [512]byte
 	begun  time.Time
@@ -272,9 +273,12 @@ func (c *conn) transmit() error {
 				c.uncork() // about to wait for the client: send what is held first
 			}
 			if c.sock != nil {
-				// One request in the last read, none running, and the client
-				// answered fast: it is at queue depth 1 (see sockReader).
-				c.sock.lone = c.batch <= 1 && c.nInflight.Load() == 0 && c.gap < hotWait
+				// One small request in the last read, none running, and the
+				// client answered fast: it is at queue depth 1 (see
+				// sockReader). A payload larger than the buffer comes in many
+				// reads of the socket, and those go better on the poller,
+				// which lets more of it arrive before each.
+				c.sock.lone = c.batch <= 1 && !c.bulk && c.nInflight.Load() == 0 && c.gap < hotWait
 				waitFrom = time.Now()
 			}
 			c.batch = 0
@@ -305,6 +309,7 @@ func (c *conn) transmit() error {
 		if req.typ == cmdDisc {
 			return errDisconnect
 		}
+		c.bulk = req.typ == cmdWrite && req.length > readBufferSize
 		if req.typ == cmdWrite && req.length > c.srv.maxPayload() {
 			return fmt.Errorf("write payload of %d bytes is over the %d byte maximum: protocol violation",
 				req.length, c.srv.maxPayload())

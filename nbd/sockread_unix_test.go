@@ -85,6 +85,15 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 		tc.read(buf)
 	}
 	waitBlocking(t, 0, wait/4, "after two requests in one read") // not by the timeout
+
+	// A write payload larger than the read buffer: a bulk transfer.
+	readOne(7)
+	waitBlocking(t, 1, wait/2, "at depth 1 again")
+	tc.request(0, cmdWrite, 8, 0, 4*readBufferSize, make([]byte, 4*readBufferSize))
+	if e, h := tc.simple(); e != 0 || h != 8 {
+		t.Fatalf("large write = errno %d handle %d", e, h)
+	}
+	waitBlocking(t, 0, wait/4, "after a write larger than the read buffer")
 }
 
 // With one processor a sleeping reader would leave the runtime none.
