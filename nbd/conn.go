@@ -300,7 +300,9 @@ func (c *conn) transmit() error {
 			return err
 		}
 		if waiting && c.sock != nil {
-			c.gap = time.Since(waitFrom)
+			now := time.Now()
+			c.gap = now.Sub(waitFrom)
+			c.sock.tick(now)
 		}
 		req, err := decodeRequest(&hdr)
 		if err != nil {

@@ -11,5 +11,6 @@ type sockReader struct{ lone bool }
 func newSockReader(any) *sockReader          { return nil }
 func (*sockReader) Read([]byte) (int, error) { panic("unreachable") }
 func (*sockReader) release()                 {}
+func (*sockReader) tick(time.Time)           {}
 
 var hotWait time.Duration
