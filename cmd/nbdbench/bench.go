@@ -443,7 +443,7 @@ func (b *bench) runFio(ctx context.Context, w workload, s *server) (map[metric]f
 	if err != nil {
 		return nil, err
 	}
-	vals := map[metric]float64{mP99: math.NaN()}
+	vals := map[metric]float64{mP99: math.NaN(), mClientCPU: r.cpu}
 	if r.p99 >= 0 {
 		vals[mP99] = float64(r.p99) / float64(time.Microsecond)
 	}

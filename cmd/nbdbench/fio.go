@@ -53,15 +53,18 @@ type fioResult struct {
 	ios     int64   // completed I/Os
 	runtime time.Duration
 	p99     time.Duration // completion latency, 99th percentile; -1 if fio gave none
+	cpu     float64       // fio's user and system CPU time, in % of one core
 }
 
 // fioOutput is the part of fio's JSON report the bench reads.
 type fioOutput struct {
 	Jobs []struct {
-		Jobname string `json:"jobname"`
-		Error   int    `json:"error"`
-		Read    fioDir `json:"read"`
-		Write   fioDir `json:"write"`
+		Jobname string  `json:"jobname"`
+		Error   int     `json:"error"`
+		UsrCPU  float64 `json:"usr_cpu"`
+		SysCPU  float64 `json:"sys_cpu"`
+		Read    fioDir  `json:"read"`
+		Write   fioDir  `json:"write"`
 	} `json:"jobs"`
 }
 
@@ -108,6 +111,7 @@ func parseFio(b []byte, write bool) (fioResult, error) {
 		return r, fmt.Errorf("%w: no I/O completed", errFioOutput)
 	}
 	r.iops, r.bw, r.ios = d.IOPS, d.BWBytes, d.TotalIOs
+	r.cpu = job.UsrCPU + job.SysCPU
 	r.runtime = time.Duration(d.Runtime) * time.Millisecond
 	for k, v := range d.ClatNS.Percentile {
 		p, err := strconv.ParseFloat(k, 64)

@@ -31,7 +31,7 @@ func TestParseFioFiles(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parseFio(%s) error = %v", tt.file, err)
 			}
-			if r.iops <= 0 || r.bw <= 0 || r.ios <= 0 || r.runtime < time.Second/2 || r.p99 <= 0 {
+			if r.iops <= 0 || r.bw <= 0 || r.ios <= 0 || r.runtime < time.Second/2 || r.p99 <= 0 || r.cpu <= 0 {
 				t.Errorf("parseFio(%s) = %+v, want positive figures", tt.file, r)
 			}
 			// The other direction did no I/O.
@@ -43,7 +43,7 @@ func TestParseFioFiles(t *testing.T) {
 }
 
 func TestParseFio(t *testing.T) {
-	const good = `{"jobs":[{"jobname":"j","error":0,
+	const good = `{"jobs":[{"jobname":"j","error":0,"usr_cpu":12.5,"sys_cpu":70.25,
 		"read":{"bw_bytes":104857600,"iops":25600.5,"runtime":2000,"total_ios":51201,
 			"clat_ns":{"N":51201,"percentile":{"50.000000":30000,"99.000000":123456,"99.900000":500000}}},
 		"write":{"bw_bytes":0,"iops":0,"runtime":0,"total_ios":0,"clat_ns":{"N":0}}}]}`
@@ -57,12 +57,12 @@ func TestParseFio(t *testing.T) {
 		{
 			name: "read",
 			in:   good,
-			want: fioResult{iops: 25600.5, bw: 104857600, ios: 51201, runtime: 2 * time.Second, p99: 123456},
+			want: fioResult{iops: 25600.5, bw: 104857600, ios: 51201, runtime: 2 * time.Second, p99: 123456, cpu: 82.75},
 		},
 		{
 			name: "preamble",
 			in:   "fio: connected to NBD server\nfio: something else\n" + good,
-			want: fioResult{iops: 25600.5, bw: 104857600, ios: 51201, runtime: 2 * time.Second, p99: 123456},
+			want: fioResult{iops: 25600.5, bw: 104857600, ios: 51201, runtime: 2 * time.Second, p99: 123456, cpu: 82.75},
 		},
 		{
 			name: "no percentiles",

@@ -127,9 +127,12 @@ func resultTable(w io.Writer, servers []string, wls []workload, res *results, ro
 				}
 			}
 			b := res.median(wl.key, m, srvBoardnbd)
+			if m.client {
+				b = math.NaN() // no ratios: the client is the same for every server
+			}
 			if hasPeer {
 				name, v := res.bestPeer(wl.key, m, servers)
-				if name == "" {
+				if name == "" || m.client {
 					row = append(row, dash, dash)
 				} else {
 					row = append(row, name, formatRatio(ratio(b, v)))
@@ -255,6 +258,9 @@ func losses(res *results, servers []string, wls []workload) []string {
 	var out []string
 	for _, wl := range wls {
 		for _, m := range wl.metrics() {
+			if m.client {
+				continue
+			}
 			b := res.median(wl.key, m, srvBoardnbd)
 			name, p := res.bestPeer(wl.key, m, servers)
 			r := ratio(b, p)
@@ -397,6 +403,8 @@ func (b *bench) report(w io.Writer, cmdline, loadStart string, took time.Duratio
 	fmt.Fprintln(w, "- server CPU: utime+stime from /proc/PID/stat of the server process (all its threads) plus its child processes "+
 		"(nbd-server forks one per connection: live ones are read directly, reaped ones through the parent's cutime+cstime), "+
 		"in 10 ms ticks, over the client's run.")
+	fmt.Fprintln(w, "- fio CPU: fio's own usr_cpu + sys_cpu for its one job, in % of one core. Near 100% the client, "+
+		"not the server, limits that workload's figures, and the servers' CPU columns compare them better than their IOPS.")
 	if b.set.rounds > 1 {
 		fmt.Fprintln(w, "- spread: (max − min) / median of a figure over the rounds, for the server where it is largest. "+
 			"Other work on the machine shows up here. A target verdict says \"rounds overlap\" when the two servers' rounds share a range, so that their order may be noise.")

@@ -100,6 +100,9 @@ func sampleResults() *results {
 	add(wRandRead1, mCPUk, srvBoardnbd, 30, 30, 30)
 	add(wRandRead1, mCPUk, srvNbdkit, 30, 30, 30)
 	add(wRandRead1, mCPUk, srvNbdServer, 40, 40, 40)
+	add(wRandRead1, mClientCPU, srvBoardnbd, 95, 97, 99) // the client's: never a loss or a win
+	add(wRandRead1, mClientCPU, srvNbdkit, 90, 90, 90)
+	add(wRandRead1, mClientCPU, srvNbdServer, 95, 95, 95)
 	r.markPartial(wSeqRead4.key, srvNbdServer, 40)
 	return r
 }
@@ -115,6 +118,7 @@ func TestResultTable(t *testing.T) {
 | 4k random read, QD1 (fio)   | IOPS ↑                   | 20000    | 10000  | 15000      | nbd-server | 1.33×                | 2.00×             | 0%               |
 |                             | p99 latency µs ↓         | 50.0     | 100    | 60.0       | nbd-server | 0.83×                | 0.50×             | 0%               |
 |                             | server CPU ms/1000 I/O ↓ | 30.0     | 30.0   | 40.0       | nbdkit     | 1.00×                | 1.00×             | 0%               |
+|                             | fio CPU % of a core      | 97.0     | 90.0   | 95.0       | –          | –                    | –                 | 4% boardnbd      |
 `
 	if b.String() != want {
 		t.Errorf("resultTable wrote\n%s\nwant\n%s", b.String(), want)

@@ -8,16 +8,20 @@ import "math"
 type metric struct {
 	name   string
 	higher bool // higher is better
+	client bool // a figure of the client, not the server: shown, never compared
 }
 
 // The figures. CPU time is the server's (all threads and child processes),
 // divided by the work done.
 var (
-	mMiBs   = metric{"MiB/s ↑", true}
-	mIOPS   = metric{"IOPS ↑", true}
-	mP99    = metric{"p99 latency µs ↓", false}
-	mCPUGiB = metric{"server CPU s/GiB ↓", false}
-	mCPUk   = metric{"server CPU ms/1000 I/O ↓", false}
+	mMiBs   = metric{name: "MiB/s ↑", higher: true}
+	mIOPS   = metric{name: "IOPS ↑", higher: true}
+	mP99    = metric{name: "p99 latency µs ↓"}
+	mCPUGiB = metric{name: "server CPU s/GiB ↓"}
+	mCPUk   = metric{name: "server CPU ms/1000 I/O ↓"}
+	// fio's own CPU time, in % of one core: near 100 the client, not the
+	// server, limits the figures above it.
+	mClientCPU = metric{name: "fio CPU % of a core", client: true}
 )
 
 // copyJob is an nbdcopy run: the export to null:, or a file to the export.
@@ -40,9 +44,9 @@ func (w workload) metrics() []metric {
 	case w.copy != nil:
 		return []metric{mMiBs, mCPUGiB}
 	case w.fio.bs == "4k":
-		return []metric{mIOPS, mP99, mCPUk}
+		return []metric{mIOPS, mP99, mCPUk, mClientCPU}
 	default:
-		return []metric{mMiBs, mP99, mCPUGiB}
+		return []metric{mMiBs, mP99, mCPUGiB, mClientCPU}
 	}
 }
 
