@@ -34,6 +34,10 @@ const (
 	streakSlow   = inlineStreak
 )
 
+// calmWaits is how many waits for a request in a row must show depth 1
+// before the reader sleeps in read(2) (see depthOne).
+const calmWaits = 32
+
 // servedFromMemory says whether a storage call of n bytes that took d was
 // served from memory (the page cache, tmpfs): under 60 µs, plus copying at
 // 2 GB/s. That leaves room for a busy machine's slow system calls; an SSD
@@ -74,6 +78,7 @@ type conn struct {
 	batch  int           // requests decoded since the reader last read the socket
 	gap    time.Duration // the reader's last wait for a request
 	bulk   bool          // the last request's payload was larger than the read buffer
+	calm   int           // waits in a row with no sign of depth (see depthOne)
 	log    *slog.Logger
 	optBuf [512]byte
 	begun  time.Time
@@ -273,12 +278,7 @@ func (c *conn) transmit() error {
 				c.uncork() // about to wait for the client: send what is held first
 			}
 			if c.sock != nil {
-				// One small request in the last read, none running, and the
-				// client answered fast: it is at queue depth 1 (see
-				// sockReader). A payload larger than the buffer comes in many
-				// reads of the socket, and those go better on the poller,
-				// which lets more of it arrive before each.
-				c.sock.lone = c.batch <= 1 && !c.bulk && c.nInflight.Load() == 0 && c.gap < hotWait
+				c.sock.lone = c.depthOne()
 				waitFrom = time.Now()
 			}
 			c.batch = 0
@@ -350,6 +350,27 @@ func (c *conn) transmit() error {
 			go c.worker(s) // the only allocation, and only as workers are added
 		}
 	}
+}
+
+// depthOne says whether the client sends one request at a time, so that the
+// reader may sleep in read(2) for the next (see sockReader). It is called
+// each time the reader has to read the socket for a request header.
+//
+// A client at depth 1 never has two requests in the buffer, never has one
+// running while the reader waits, and answers each reply at once. One that
+// keeps more in flight can look the same for a while when it is the slower
+// side: it sends a request for each reply it takes, so each read of the
+// socket brings one. Sleeping in read(2) then wakes the reader for every
+// request, where the poller lets a few arrive first. So any sign of depth
+// (two requests in one read, one running, a payload larger than the buffer)
+// keeps the reader on the poller for the next calmWaits waits as well.
+func (c *conn) depthOne() bool {
+	if c.batch > 1 || c.bulk || c.nInflight.Load() != 0 {
+		c.calm = 0
+	} else if c.calm < calmWaits {
+		c.calm++
+	}
+	return c.calm == calmWaits && c.gap < hotWait
 }
 
 // runInline says whether the reader should run a request itself rather

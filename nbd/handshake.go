@@ -163,7 +163,7 @@ func (c *conn) optStartTLS(data []byte) error {
 	}
 	c.nc, c.tls = tc, true
 	c.br.Reset(tc)
-	c.sock = nil // TLS buffers records itself: the socket says nothing of what is ready
+	c.sock = nil // br reads TLS records through net.Conn now, not through sockReader
 	// Nothing negotiated in the clear survives the upgrade.
 	c.structured, c.metaOK, c.metaExport = false, false, ""
 	st := tc.ConnectionState()

@@ -22,16 +22,44 @@ func lengthenHotWait(t *testing.T, d time.Duration, procs int) {
 	}
 }
 
-// waitBlocking waits up to within for want connections in blocking mode.
+// blockingWithin waits up to within for want connections in blocking mode.
+func blockingWithin(want int32, within time.Duration) bool {
+	for deadline := time.Now().Add(within); blockingConns.Load() != want; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// waitBlocking fails unless want connections are in blocking mode within.
 func waitBlocking(t *testing.T, want int32, within time.Duration, why string) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for blockingConns.Load() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d connection(s) in blocking mode after %v, want %d", why, blockingConns.Load(), within, want)
-		}
-		time.Sleep(time.Millisecond)
+	if !blockingWithin(want, within) {
+		t.Fatalf("%s: %d connection(s) in blocking mode after %v, want %d", why, blockingConns.Load(), within, want)
 	}
+}
+
+// calmDown sends reads at depth 1 until the reader sleeps in read(2). It
+// takes calmWaits of them; a storage call slow enough to go to a worker
+// (they happen under -race) starts the count again, so it tries a few
+// times before it fails.
+func (tc *tclient) calmDown(t *testing.T, why string) {
+	t.Helper()
+	buf := make([]byte, 512)
+	for range 8 {
+		for range calmWaits {
+			tc.request(0, cmdRead, 1, 0, 512, nil)
+			if e, h := tc.simple(); e != 0 || h != 1 {
+				t.Fatalf("read = errno %d handle %d", e, h)
+			}
+			tc.read(buf)
+		}
+		if blockingWithin(1, 50*time.Millisecond) {
+			return
+		}
+	}
+	t.Fatalf("%s: %d connection(s) in blocking mode after %d reads at depth 1, want 1", why, blockingConns.Load(), 8*calmWaits)
 }
 
 // stayBlocking checks that the count stays want for d.
@@ -62,7 +90,7 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 
 	stayBlocking(t, 0, 20*time.Millisecond, "before the first request")
 	tc.fastStreak(0) // requests run on the reader: none is running while it waits
-	waitBlocking(t, 1, wait/2, "at depth 1")
+	tc.calmDown(t, "at depth 1")
 
 	// Quiet for longer than hotWait: the read times out, the socket goes
 	// back to the poller, and the request after the silence is not fast, so
@@ -73,7 +101,7 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 
 	// Two requests in one read: the client is deeper than 1.
 	readOne(4)
-	waitBlocking(t, 1, wait/2, "back at depth 1")
+	waitBlocking(t, 1, wait/2, "back at depth 1 after one fast request")
 	var two [2 * requestLen]byte // in one write, so one read brings both
 	encodeRequest((*[requestLen]byte)(two[:]), request{typ: cmdRead, handle: 5, length: 512})
 	encodeRequest((*[requestLen]byte)(two[requestLen:]), request{typ: cmdRead, handle: 6, length: 512})
@@ -85,10 +113,19 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 		tc.read(buf)
 	}
 	waitBlocking(t, 0, wait/4, "after two requests in one read") // not by the timeout
+	// A deeper client that is the slower side sends one request per reply,
+	// so single requests follow; the reader stays on the poller for a while.
+	const singles = 8
+	if calmWaits <= singles+1 {
+		t.Fatalf("calmWaits = %d: too few for the reader to stay on the poller after %d single requests", calmWaits, singles)
+	}
+	for range singles {
+		readOne(1)
+	}
+	stayBlocking(t, 0, wait/4, "soon after two requests in one read")
+	tc.calmDown(t, "calm again")
 
 	// A write payload larger than the read buffer: a bulk transfer.
-	readOne(7)
-	waitBlocking(t, 1, wait/2, "at depth 1 again")
 	tc.request(0, cmdWrite, 8, 0, 4*readBufferSize, make([]byte, 4*readBufferSize))
 	if e, h := tc.simple(); e != 0 || h != 8 {
 		t.Fatalf("large write = errno %d handle %d", e, h)
@@ -103,6 +140,7 @@ func TestNoBlockingReadsOnOneProcessor(t *testing.T) {
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
 	tc.fastStreak(0)
+	tc.fastStreak(0) // more than calmWaits at depth 1
 	stayBlocking(t, 0, 50*time.Millisecond, "GOMAXPROCS=1")
 }
 
@@ -128,7 +166,7 @@ func TestNoBlockingReadWhileAWorkerRuns(t *testing.T) {
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
 	tc.fastStreak(0)
-	waitBlocking(t, 1, wait/2, "at depth 1")
+	tc.calmDown(t, "at depth 1")
 	tc.request(0, cmdFlush, 7, 0, 0, nil) // FLUSH always runs on a worker
 	waitBlocking(t, 0, wait/4, "with a FLUSH on a worker")
 	fg.gate <- struct{}{}
