@@ -326,8 +326,14 @@ func (r *bootRun) qemu(t *testing.T, cmdline string, extra ...string) {
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = console, &stderr
 	cmd.WaitDelay = 5 * time.Second
-	// Should this test process die, so does the VM.
+	// Should this test process die, so does the VM. The kernel sends
+	// Pdeathsig when the thread that forked the child ends, not the process
+	// (go.dev/issue/27505), and bootInNetns ends the threads it locks: keep
+	// this goroutine on its thread until qemu exits, so no bootInNetns call
+	// can take the thread and end it under a running VM.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	start := time.Now()
 	r.qemuErr = cmd.Run()
 	r.elapsed = time.Since(start)
