@@ -3,6 +3,9 @@
 package nbd
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"net"
 	"runtime"
 	"testing"
@@ -172,5 +175,52 @@ func TestNoBlockingReadWhileAWorkerRuns(t *testing.T) {
 	fg.gate <- struct{}{}
 	if e, h := tc.simple(); e != 0 || h != 7 {
 		t.Fatalf("flush = errno %d handle %d", e, h)
+	}
+}
+
+// A Unix stream socket (systemd may hand one over) sleeps in read(2) the
+// same way, and its data arrives intact.
+func TestDepthOneOverUnixSocket(t *testing.T) {
+	lengthenHotWait(t, 400*time.Millisecond, 2)
+	disk := newMem(testSize)
+	s := &Server{Exports: ExportList{memExport("disk", disk)}}
+	ln, err := net.Listen("unix", t.TempDir()+"/nbd.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+		<-done
+	})
+	c, err := net.Dial("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := &tclient{t: t, c: c, br: bufio.NewReader(c)}
+	tc.read(make([]byte, 18)) // the greeting
+	tc.u32(flagCFixedNewstyle | flagCNoZeroes)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+	tc.calmDown(t, "at depth 1 over a Unix socket")
+
+	want := bytes.Repeat([]byte{0x5a}, 4096)
+	tc.request(0, cmdWrite, 2, 8192, 4096, want)
+	if e, h := tc.simple(); e != 0 || h != 2 {
+		t.Fatalf("write = errno %d handle %d", e, h)
+	}
+	tc.request(0, cmdRead, 3, 8192, 4096, nil)
+	if e, h := tc.simple(); e != 0 || h != 3 {
+		t.Fatalf("read = errno %d handle %d", e, h)
+	}
+	got := make([]byte, 4096)
+	tc.read(got)
+	if !bytes.Equal(got, want) {
+		t.Fatal("read back other data than written")
 	}
 }
