@@ -23,10 +23,17 @@ type tclient struct {
 // startServer serves exports on a loopback port until the test ends.
 func startServer(t testing.TB, s *Server, exports ...*Export) string {
 	t.Helper()
+	return startServerOn(t, "tcp", "127.0.0.1:0", s, exports...)
+}
+
+// startServerOn serves exports on a listener of the given network until the
+// test ends, and returns its address.
+func startServerOn(t testing.TB, network, addr string, s *Server, exports ...*Export) string {
+	t.Helper()
 	if s.Exports == nil {
 		s.Exports = ExportList(exports)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +55,13 @@ func startServer(t testing.TB, s *Server, exports ...*Export) string {
 // dial connects and reads the greeting, checking it.
 func dial(t testing.TB, addr string) *tclient {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	return dialOn(t, "tcp", addr)
+}
+
+// dialOn is dial over the given network.
+func dialOn(t testing.TB, network, addr string) *tclient {
+	t.Helper()
+	c, err := net.Dial(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

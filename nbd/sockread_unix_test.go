@@ -3,9 +3,7 @@
 package nbd
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"net"
 	"runtime"
 	"testing"
@@ -182,28 +180,8 @@ func TestNoBlockingReadWhileAWorkerRuns(t *testing.T) {
 // same way, and its data arrives intact.
 func TestDepthOneOverUnixSocket(t *testing.T) {
 	lengthenHotWait(t, 400*time.Millisecond, 2)
-	disk := newMem(testSize)
-	s := &Server{Exports: ExportList{memExport("disk", disk)}}
-	ln, err := net.Listen("unix", t.TempDir()+"/nbd.sock")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-		<-done
-	})
-	c, err := net.Dial("unix", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	tc := &tclient{t: t, c: c, br: bufio.NewReader(c)}
-	tc.read(make([]byte, 18)) // the greeting
+	addr := startServerOn(t, "unix", t.TempDir()+"/nbd.sock", &Server{}, memExport("disk", newMem(testSize)))
+	tc := dialOn(t, "unix", addr)
 	tc.u32(flagCFixedNewstyle | flagCNoZeroes)
 	tc.goExport("disk", false)
 	tc.fastStreak(0)
