@@ -471,6 +471,18 @@ func TestInteropFio(t *testing.T) {
 	if r.code == 0 || !strings.Contains(out, "verify failed") || !strings.Contains(out, wantAt) {
 		t.Errorf("fio --verify_only after flipping byte %d: want a non-zero exit and \"verify failed ...%s\", got\n%s", bad, wantAt, r)
 	}
+
+	// At depth 1 the server's reader sleeps in read(2) on a blocking
+	// socket once the client has kept to one request at a time (nbd's
+	// sockReader); the data must come back the same that way.
+	const depth1 = 4 * miB
+	j, r = runFio(t, fio, "--name=verify1", "--ioengine=nbd", "--uri="+s.uri("disk"),
+		"--rw=randwrite", "--bs=4k", "--iodepth=1", fmt.Sprintf("--size=%d", depth1),
+		"--verify=crc32c", "--verify_fatal=1", "--time_based=0", "--verify_state_save=0", "--do_verify=1")
+	if r.code != 0 || j.Error != 0 || j.Write.IOBytes != depth1 || j.Read.IOBytes != depth1 {
+		t.Fatalf("fio randwrite with verify at depth 1: error %d, wrote %d and verified %d bytes, want %d each\n%s",
+			j.Error, j.Write.IOBytes, j.Read.IOBytes, depth1, r)
+	}
 }
 
 // libnbdRequest is one request of interop_requests.py.
