@@ -59,6 +59,9 @@ const (
 // zeroes saves.
 const minHoleRead = 64 << 10
 
+// openConns counts the connections open in this process, in all servers.
+var openConns atomic.Int32
+
 var errDisconnect = errors.New("nbd: client disconnected with NBD_CMD_DISC")
 
 // conn is one client connection. Its reader goroutine decodes requests and

@@ -280,6 +280,7 @@ func (s *Server) newConn(nc net.Conn) (*conn, bool) {
 	}
 	c := newConn(s, nc)
 	s.conns[c] = struct{}{}
+	openConns.Add(1)
 	if !s.trimming {
 		s.trimming = true
 		go s.trim()
@@ -292,6 +293,7 @@ func (s *Server) forget(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	openConns.Add(-1)
 	s.connWG.Done()
 }
 

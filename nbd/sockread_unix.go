@@ -39,11 +39,10 @@ var blockingConns atomic.Int32
 // sleep and woken by the next system call, and a failed read before every
 // park. A thread asleep in read(2) keeps its processor and needs none of it.
 //
-// Limits: it holds an OS thread while it sleeps, so the sleep is short
-// (hotWait; the read then fails with EAGAIN and the connection parks on the
-// poller as usual) and at most GOMAXPROCS-1 connections are in blocking
-// mode at once, so the runtime always has a free processor and never has to
-// take one back from a sleeping reader. Writes in blocking mode sleep at
+// Limits: it holds an OS thread and its processor while it sleeps, so the
+// sleep is short (hotWait; the read then fails with EAGAIN and the
+// connection parks on the poller as usual) and only so many connections are
+// in blocking mode at once (sleepPlaces). Writes in blocking mode sleep at
 // most hotWait too (SO_SNDTIMEO) before they fall back to the poller. A
 // deadline, Close or Shutdown from another goroutine takes effect when the
 // sleep ends, within hotWait.
@@ -55,6 +54,7 @@ type sockReader struct {
 	err      error
 	lone     bool // set by the reader before each read
 	blocking bool // the socket is in blocking mode and counted in blockingConns
+	alone    bool // blocking on the one processor, which other connections need
 	timeouts bool // SO_RCVTIMEO and SO_SNDTIMEO are set
 	yielded  time.Time
 }
@@ -96,7 +96,9 @@ func (r *sockReader) Read(p []byte) (int, error) {
 // readOnce is the function RawConn.Read calls with the descriptor: it reads
 // into r.p, and returns false to wait on the poller.
 func (r *sockReader) readOnce(fd uintptr) bool {
-	if r.lone != r.blocking {
+	if r.alone && openConns.Load() > 1 {
+		r.setBlocking(int(fd), false) // another connection needs the processor
+	} else if r.lone != r.blocking {
 		r.setBlocking(int(fd), r.lone)
 	}
 	for {
@@ -115,11 +117,34 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 	return false
 }
 
+// sleepPlaces says how many connections may be in blocking mode at once.
+//
+// With several processors, GOMAXPROCS-1: the runtime always has a free one
+// for everything else, and never has to take one back from a sleeping
+// reader. With one processor, one, but only while the process has no other
+// connection. A sleeping reader holds the one processor: the runtime's
+// network poller does not run, and another connection's requests would wait
+// for that reader to yield or for the runtime's monitor thread, up to 10 ms
+// or more. A client alone on a one-core board has no one to wait for it,
+// and on the poller each of its requests costs twice the CPU: the process
+// goes idle between requests, and the monitor thread is put to sleep and
+// woken again on the same core.
+func sleepPlaces() (places int32, alone bool) {
+	if procs := int32(runtime.GOMAXPROCS(0)); procs > 1 {
+		return procs - 1, false
+	}
+	if openConns.Load() == 1 {
+		return 1, true
+	}
+	return 0, false
+}
+
 // setBlocking switches the socket's mode. Switching to blocking mode needs
-// one of the GOMAXPROCS-1 places; without one the socket stays non-blocking.
+// one of the sleepPlaces; without one the socket stays non-blocking.
 func (r *sockReader) setBlocking(fd int, on bool) {
 	if on {
-		if blockingConns.Add(1) >= int32(runtime.GOMAXPROCS(0)) {
+		places, alone := sleepPlaces()
+		if blockingConns.Add(1) > places {
 			blockingConns.Add(-1)
 			return
 		}
@@ -136,13 +161,13 @@ func (r *sockReader) setBlocking(fd int, on bool) {
 			blockingConns.Add(-1)
 			return
 		}
-		r.blocking = true
+		r.blocking, r.alone = true, alone
 		return
 	}
 	// Even if this fails the socket must not be counted: a blocking socket
 	// still sleeps at most hotWait.
 	unix.SetNonblock(fd, true)
-	r.blocking = false
+	r.blocking, r.alone = false, false
 	blockingConns.Add(-1)
 }
 
@@ -163,7 +188,7 @@ func (r *sockReader) tick(now time.Time) {
 // release gives back the connection's place when it ends.
 func (r *sockReader) release() {
 	if r != nil && r.blocking {
-		r.blocking = false
+		r.blocking, r.alone = false, false
 		blockingConns.Add(-1)
 	}
 }

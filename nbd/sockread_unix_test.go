@@ -47,20 +47,26 @@ func waitBlocking(t *testing.T, want int32, within time.Duration, why string) {
 // times before it fails.
 func (tc *tclient) calmDown(t *testing.T, why string) {
 	t.Helper()
-	buf := make([]byte, 512)
 	for range 8 {
 		for range calmWaits {
-			tc.request(0, cmdRead, 1, 0, 512, nil)
-			if e, h := tc.simple(); e != 0 || h != 1 {
-				t.Fatalf("read = errno %d handle %d", e, h)
-			}
-			tc.read(buf)
+			tc.smallRead(1)
 		}
 		if blockingWithin(1, 50*time.Millisecond) {
 			return
 		}
 	}
 	t.Fatalf("%s: %d connection(s) in blocking mode after %d reads at depth 1, want 1", why, blockingConns.Load(), 8*calmWaits)
+}
+
+// smallRead reads 512 bytes at offset 0 with handle h, and waits for them.
+func (tc *tclient) smallRead(h uint64) {
+	tc.t.Helper()
+	tc.request(0, cmdRead, h, 0, 512, nil)
+	if e, got := tc.simple(); e != 0 || got != h {
+		tc.t.Fatalf("read %d = errno %d handle %d", h, e, got)
+	}
+	var buf [512]byte
+	tc.read(buf[:])
 }
 
 // stayBlocking checks that the count stays want for d.
@@ -80,14 +86,6 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
 	buf := make([]byte, 512)
-	readOne := func(h uint64) {
-		t.Helper()
-		tc.request(0, cmdRead, h, 0, 512, nil)
-		if e, got := tc.simple(); e != 0 || got != h {
-			t.Fatalf("read %d = errno %d handle %d", h, e, got)
-		}
-		tc.read(buf)
-	}
 
 	stayBlocking(t, 0, 20*time.Millisecond, "before the first request")
 	tc.fastStreak(0) // requests run on the reader: none is running while it waits
@@ -97,11 +95,11 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 	// back to the poller, and the request after the silence is not fast, so
 	// the reader does not sleep in read(2) for the next one.
 	waitBlocking(t, 0, 2*wait, "after the client went quiet")
-	readOne(3)
+	tc.smallRead(3)
 	stayBlocking(t, 0, wait/4, "after a request that followed a silence")
 
 	// Two requests in one read: the client is deeper than 1.
-	readOne(4)
+	tc.smallRead(4)
 	waitBlocking(t, 1, wait/2, "back at depth 1 after one fast request")
 	var two [2 * requestLen]byte // in one write, so one read brings both
 	encodeRequest((*[requestLen]byte)(two[:]), request{typ: cmdRead, handle: 5, length: 512})
@@ -121,7 +119,7 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 		t.Fatalf("calmWaits = %d: too few for the reader to stay on the poller after %d single requests", calmWaits, singles)
 	}
 	for range singles {
-		readOne(1)
+		tc.smallRead(1)
 	}
 	stayBlocking(t, 0, wait/4, "soon after two requests in one read")
 	tc.calmDown(t, "calm again")
@@ -134,15 +132,55 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 	waitBlocking(t, 0, wait/4, "after a write larger than the read buffer")
 }
 
-// With one processor a sleeping reader would leave the runtime none.
-func TestNoBlockingReadsOnOneProcessor(t *testing.T) {
+// With two processors one connection may sleep in read(2), so the runtime
+// always has a processor for the rest.
+func TestBlockingPlacesLeaveAProcessorFree(t *testing.T) {
+	lengthenHotWait(t, 400*time.Millisecond, 2)
+	addr := startServer(t, &Server{}, memExport("disk", newMem(testSize)))
+	a, b := dialFixed(t, addr), dialFixed(t, addr)
+	a.goExport("disk", false)
+	b.goExport("disk", false)
+	a.fastStreak(0)
+	a.calmDown(t, "the first connection at depth 1")
+	b.fastStreak(0)
+	for range 2 * calmWaits {
+		b.smallRead(1)
+	}
+	stayBlocking(t, 1, 20*time.Millisecond, "the second connection at depth 1 too")
+}
+
+// With one processor a reader may sleep in read(2) only while its
+// connection is the only one: asleep, it holds the processor every other
+// goroutine needs.
+func TestOneProcessorSleepsOnlyForTheOnlyConnection(t *testing.T) {
 	lengthenHotWait(t, 400*time.Millisecond, 1)
 	addr := startServer(t, &Server{}, memExport("disk", newMem(testSize)))
-	tc := dialFixed(t, addr)
-	tc.goExport("disk", false)
-	tc.fastStreak(0)
-	tc.fastStreak(0) // more than calmWaits at depth 1
-	stayBlocking(t, 0, 50*time.Millisecond, "GOMAXPROCS=1")
+	a := dialFixed(t, addr)
+	a.goExport("disk", false)
+	a.fastStreak(0)
+	a.calmDown(t, "GOMAXPROCS=1, one connection")
+
+	// A second connection: the first leaves blocking mode at its next
+	// read, and neither enters it while both are open.
+	b := dialFixed(t, addr)
+	b.goExport("disk", false)
+	a.fastStreak(0)
+	waitBlocking(t, 0, 100*time.Millisecond, "GOMAXPROCS=1, a second connection opened")
+	for range 4 { // the reader waits for the client after each request
+		a.smallRead(1)
+		stayBlocking(t, 0, 5*time.Millisecond, "GOMAXPROCS=1, two connections, the first at depth 1")
+		b.smallRead(1)
+		stayBlocking(t, 0, 5*time.Millisecond, "GOMAXPROCS=1, two connections, the second at depth 1")
+	}
+
+	// Alone again.
+	b.c.Close()
+	for deadline := time.Now().Add(5 * time.Second); openConns.Load() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections open after the second closed, want 1", openConns.Load())
+		}
+	}
+	a.calmDown(t, "GOMAXPROCS=1, the only connection again")
 }
 
 // flushGate holds each Flush until the test sends on gate.
