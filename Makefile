@@ -24,10 +24,10 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # sets no deadline. 100000 runs take 2 to 15 s per target here.
 FUZZTIME ?= 100000x
 
-.PHONY: help build test deps lint fuzz clean dist package sizes install pkg-version nfpm-tool FORCE bench
+.PHONY: help build test deps lint fuzz clean dist package sizes install pkg-version nfpm-tool FORCE bench bench-onecore
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## build bin/GOOS-GOARCH/boardnbd (static, stripped, version stamped)
 	CGO_ENABLED=0 GOOS=$(GOOS) GOARCH=$(GOARCH) GOARM=$(GOARM) \
@@ -48,6 +48,9 @@ test: deps lint ## install test tools, lint, and run every test with the race de
 
 bench: ## compare boardnbd with nbdkit, nbd-server and qemu-nbd on loopback (root, ~7 min; BENCHFLAGS=-quick for a smoke run)
 	$(GO) run ./cmd/nbdbench $(BENCHFLAGS)
+
+bench-onecore: ## the same with every server pinned to the last CPU and the clients to the others, as on a one-core board
+	$(GO) run ./cmd/nbdbench -server-cpus=$$(( $$(nproc) - 1 )) $(BENCHFLAGS)
 
 fuzz: ## run each fuzz target FUZZTIME times (default 100000x)
 	@for pkg in $$($(GO) list ./...); do \

@@ -42,6 +42,7 @@ type settings struct {
 	footprint   bool
 	dir         string
 	boardnbdBin string // prebuilt binary; "" builds one
+	cpus        cpuPlan
 	quick       bool
 }
 
@@ -209,7 +210,7 @@ func (b *bench) startServers() error {
 	var ok []string
 	for _, name := range b.set.servers {
 		sd := filepath.Join(b.dir, name)
-		s, err := startServer(name, filepath.Join(sd, "disk"), sd, b.bin)
+		s, err := startServer(name, filepath.Join(sd, "disk"), sd, b.bin, b.set.cpus.server)
 		if err != nil {
 			b.fail("start %s: %v", name, err)
 			continue
@@ -385,7 +386,8 @@ func (b *bench) runCopy(ctx context.Context, w workload, s *server) (map[metric]
 	go func() { pct <- lastProgress(pr) }()
 	cctx, cancel := context.WithTimeout(ctx, b.set.copyTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, "nbdcopy", args...)
+	argv := pin(b.set.cpus.client, append([]string{"nbdcopy"}, args...))
+	cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
 	cmd.ExtraFiles = []*os.File{pw}
 	wall, cpu, err := measure(cmd, s)
 	pw.Close()
@@ -468,7 +470,7 @@ func (b *bench) fio(ctx context.Context, j fioJob, s *server, runtime time.Durat
 func (b *bench) runFioJob(ctx context.Context, j fioJob, s *server, runtime time.Duration, prefix []string) (fioResult, time.Duration, error) {
 	out := filepath.Join(b.dir, "fio.json")
 	os.Remove(out)
-	argv := append(append(slices.Clone(prefix), "fio"), fioArgs(j, s.uri(), runtime, out)...)
+	argv := append(slices.Clone(prefix), pin(b.set.cpus.client, append([]string{"fio"}, fioArgs(j, s.uri(), runtime, out)...))...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	_, cpu, err := measure(cmd, s)
 	if err != nil {

@@ -67,7 +67,7 @@ func (b *bench) measureFootprint(ctx context.Context) *footprint {
 		f.err = err
 		return f
 	}
-	s := &server{name: srvBoardnbd, port: port, export: "disk0", log: filepath.Join(dir, "boardnbd.log")}
+	s := &server{name: srvBoardnbd, port: port, export: "disk0", log: filepath.Join(dir, "boardnbd.log"), cpus: b.set.cpus.server}
 	most := slices.Max(append([]int{1}, b.set.conns...))
 	conf := filepath.Join(dir, "boardnbd.yaml")
 	if f.err = os.WriteFile(conf, []byte(footprintConfig(s.addr(), images, most+16)), 0o644); f.err != nil {

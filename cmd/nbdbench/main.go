@@ -53,6 +53,7 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	foot := fs.Bool("footprint", true, "measure boardnbd's binary size and memory")
 	settle := fs.Duration("settle", 2*time.Second, "wait before reading a server's RSS")
 	dir := fs.String("dir", "", "tmpfs directory for the images (default /dev/shm, or a tmpfs mounted for the run)")
+	serverCPUs := fs.String("server-cpus", "", "pin every server to these CPUs (such as 1 or 2-3) and the clients to the others, as on a board with that many cores whose clients are other machines")
 	bin := fs.String("boardnbd", "", "boardnbd `BINARY` to measure instead of building ./cmd/boardnbd")
 	if err := fs.Parse(argv[1:]); err != nil {
 		return 2
@@ -80,7 +81,12 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	var err error
 	if set.servers, err = parseServers(*servers); err == nil {
 		if set.workloads, err = parseWorkloads(*wls); err == nil {
-			set.conns, err = parseConns(*conns)
+			if set.conns, err = parseConns(*conns); err == nil && *serverCPUs != "" {
+				var usable []int
+				if usable, err = usableCPUs(); err == nil {
+					set.cpus, err = planCPUs(*serverCPUs, usable)
+				}
+			}
 		}
 	}
 	switch {

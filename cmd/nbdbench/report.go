@@ -400,6 +400,16 @@ func (b *bench) report(w io.Writer, cmdline, loadStart string, took time.Duratio
 		"figures are medians over rounds. Images of %d MiB, one per server, in tmpfs (%s); clients and servers on 127.0.0.1. "+
 		"fio runs for %s per workload, no ramp; nbdcopy copies the whole image with --no-extents.\n",
 		b.set.rounds, b.set.imageMiB, b.dir, b.set.fioTime)
+	if c := b.set.cpus; len(c.server) > 0 {
+		cores := "one core"
+		if n := len(c.server); n > 1 {
+			cores = fmt.Sprintf("%d cores", n)
+		}
+		fmt.Fprintf(w, "- CPUs: every server pinned to CPU %s and the clients (fio, nbdcopy) to CPU %s with taskset, "+
+			"as on a board with %s whose clients are other machines.\n", cpuList(c.server), cpuList(c.client), cores)
+	} else {
+		fmt.Fprintln(w, "- CPUs: not pinned; clients and servers share every core.")
+	}
 	fmt.Fprintln(w, "- server CPU: utime+stime from /proc/PID/stat of the server process (all its threads) plus its child processes "+
 		"(nbd-server forks one per connection: live ones are read directly, reaped ones through the parent's cutime+cstime), "+
 		"in 10 ms ticks, over the client's run.")

@@ -61,6 +61,7 @@ type server struct {
 	daemon bool       // pid is a daemon that the bench adopted as subreaper
 	log    string
 	info   exportInfo
+	cpus   []int // the CPUs it is pinned to; nil for all
 }
 
 func (s *server) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
@@ -153,12 +154,12 @@ func raiseNofile(want uint64) (uint64, error) {
 // startServer runs the named server on image at a free port, waits until it
 // listens and returns it. dir is the server's private directory for logs
 // and config.
-func startServer(name, image, dir, boardnbdBin string) (*server, error) {
+func startServer(name, image, dir, boardnbdBin string, cpus []int) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: name, port: port, export: exportName(name), log: filepath.Join(dir, name+".log")}
+	s := &server{name: name, port: port, export: exportName(name), log: filepath.Join(dir, name+".log"), cpus: cpus}
 	var argv []string
 	switch name {
 	case srvBoardnbd:
@@ -223,6 +224,7 @@ func (s *server) launch(argv []string) error {
 	if err != nil {
 		return err
 	}
+	argv = pin(s.cpus, argv)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
