@@ -21,6 +21,9 @@ func lengthenHotWait(t *testing.T, d time.Duration, procs int) {
 	if n := blockingConns.Load(); n != 0 {
 		t.Fatalf("%d connection(s) left in blocking mode by an earlier test", n)
 	}
+	if n := openConns.Load(); n != 0 {
+		t.Fatalf("%d connection(s) left open by an earlier test", n)
+	}
 }
 
 // blockingWithin waits up to within for want connections in blocking mode.
