@@ -351,6 +351,12 @@ func (c *connStorage) WriteAtFUA(p []byte, off int64) (int, error) {
 	return backend.WriteAtFUA(c.Backend, p, off)
 }
 
+// ReadAtCached keeps the storage's cheaper read from memory visible
+// through the wrapper.
+func (c *connStorage) ReadAtCached(p []byte, off int64) (int, error) {
+	return backend.ReadAtCached(c.Backend, p, off)
+}
+
 func (c *connStorage) Close() error {
 	var err error
 	c.once.Do(func() {

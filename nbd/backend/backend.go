@@ -74,6 +74,28 @@ func WriteAtFUA(b Backend, p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// CachedReader is implemented by storage that can read more cheaply when
+// the caller expects the bytes to be in memory (the page cache), as when
+// the same storage has answered from memory many times in a row.
+//
+// ReadAtCached reads like ReadAt. It may keep the calling thread's Go
+// processor while it reads, where ReadAt lets the runtime hand it to
+// another thread if the read lasts more than a few tens of microseconds.
+// The hand-off is what makes a large read from memory costly on a one-core
+// board; but if the bytes are not in memory after all, no other goroutine
+// runs on that processor until the read returns.
+type CachedReader interface {
+	ReadAtCached(p []byte, off int64) (int, error)
+}
+
+// ReadAtCached reads with b's ReadAtCached if it has one, else ReadAt.
+func ReadAtCached(b Backend, p []byte, off int64) (int, error) {
+	if cr, ok := b.(CachedReader); ok {
+		return cr.ReadAtCached(p, off)
+	}
+	return b.ReadAt(p, off)
+}
+
 // ZeroFlags modify Backend.Zero.
 type ZeroFlags uint8
 

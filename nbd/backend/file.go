@@ -159,7 +159,13 @@ func (f *File) Close() error { return f.f.Close() }
 
 // ReadAt reads len(p) bytes at off. Like io.ReaderAt it returns io.EOF when
 // the read reaches the end of the export.
-func (f *File) ReadAt(p []byte, off int64) (int, error) {
+func (f *File) ReadAt(p []byte, off int64) (int, error) { return f.readAt(p, off, false) }
+
+// ReadAtCached is ReadAt for bytes expected in the page cache (see
+// CachedReader).
+func (f *File) ReadAtCached(p []byte, off int64) (int, error) { return f.readAt(p, off, true) }
+
+func (f *File) readAt(p []byte, off int64, cached bool) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("backend: %s: read at negative offset %d", f.desc.Path, off)
 	}
@@ -173,7 +179,13 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if rem := f.size - off; int64(len(p)) > rem {
 		p, short = p[:rem], true
 	}
-	n, err := f.f.ReadAt(p, off)
+	var n int
+	var err error
+	if cached {
+		n, err = f.preadCached(p, off)
+	} else {
+		n, err = f.f.ReadAt(p, off)
+	}
 	if err == io.EOF {
 		// The file ended inside the export: someone truncated it.
 		return n, fmt.Errorf("backend: %s: file ends at %d, inside the %d-byte export: %w",

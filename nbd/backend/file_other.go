@@ -12,6 +12,8 @@ import (
 // sysFile is empty: the portable File has no trim, fast zero or extents.
 type sysFile struct{}
 
+func (f *File) preadCached(p []byte, off int64) (int, error) { return f.f.ReadAt(p, off) }
+
 func (f *File) open(path string, opts Options) error {
 	flag := os.O_RDWR
 	if opts.ReadOnly {

@@ -3,6 +3,7 @@ package backend
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -275,6 +276,22 @@ func TestLoopDetach(t *testing.T) {
 // TestLoopVanished makes the storage under a loop device fail (an ext4 file
 // system shut down as if its disk had gone) and checks that reads, writes
 // and flushes fail with EIO instead of hanging or panicking.
+// ReadAtCached reads a block device as ReadAt does.
+func TestLoopReadAtCached(t *testing.T) {
+	f := openT(t, loopDevice(t, "", 4<<20), Options{})
+	want := pattern(1<<20, 0x5a)
+	if _, err := f.WriteAt(want, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	if n, err := f.ReadAtCached(got, 1<<20); n != len(got) || err != nil || !bytes.Equal(got, want) {
+		t.Errorf("ReadAtCached = %d, %v, same bytes %v", n, err, bytes.Equal(got, want))
+	}
+	if n, err := f.ReadAtCached(got[:4096], f.Size()-512); n != 512 || err != io.EOF {
+		t.Errorf("ReadAtCached past the end = %d, %v; want 512, io.EOF", n, err)
+	}
+}
+
 func TestLoopVanished(t *testing.T) {
 	switch runtime.GOARCH {
 	case "amd64", "386", "arm", "arm64", "riscv64", "loong64":
@@ -305,6 +322,9 @@ func TestLoopVanished(t *testing.T) {
 
 	if _, err := f.ReadAt(make([]byte, 4096), 1<<20); !errors.Is(err, syscall.EIO) {
 		t.Errorf("ReadAt(off=1048576) after shutdown = %v, want EIO", err)
+	}
+	if _, err := f.ReadAtCached(make([]byte, 4096), 3<<20); !errors.Is(err, syscall.EIO) {
+		t.Errorf("ReadAtCached(off=3145728) after shutdown = %v, want EIO", err)
 	}
 	if _, err := f.WriteAt(make([]byte, 4096), 2<<20); err != nil {
 		t.Logf("WriteAt after shutdown = %v (cached writes may succeed)", err)

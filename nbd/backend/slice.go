@@ -48,7 +48,9 @@ func (s *slice) Info() Info   { return s.info }
 func (s *slice) Flush() error { return s.b.Flush() }
 func (s *slice) Close() error { return s.b.Close() }
 
-func (s *slice) ReadAt(p []byte, off int64) (int, error) {
+func (s *slice) ReadAt(p []byte, off int64) (int, error) { return s.read(p, off, false) }
+
+func (s *slice) read(p []byte, off int64, cached bool) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("backend: slice: read at negative offset %d", off)
 	}
@@ -62,7 +64,13 @@ func (s *slice) ReadAt(p []byte, off int64) (int, error) {
 	if rem := s.size - off; int64(len(p)) > rem {
 		p, short = p[:rem], true
 	}
-	n, err := s.b.ReadAt(p, s.off+off)
+	var n int
+	var err error
+	if cached {
+		n, err = ReadAtCached(s.b, p, s.off+off)
+	} else {
+		n, err = s.b.ReadAt(p, s.off+off)
+	}
 	if err == io.EOF && n == len(p) {
 		err = nil // the end of the inner storage may be the end of the slice
 	}
@@ -70,6 +78,11 @@ func (s *slice) ReadAt(p []byte, off int64) (int, error) {
 		err = io.EOF
 	}
 	return n, err
+}
+
+// ReadAtCached keeps the inner storage's ReadAtCached visible.
+func (s *slice) ReadAtCached(p []byte, off int64) (int, error) {
+	return s.read(p, off, true)
 }
 
 func (s *slice) WriteAt(p []byte, off int64) (int, error) {
