@@ -78,6 +78,7 @@ type conn struct {
 	nc     net.Conn
 	br     *bufio.Reader
 	sock   *sockReader   // br's source while nc is a plain socket; else nil
+	sw     *sockWriter   // writes replies while nc is a plain socket on Linux; else nil
 	batch  int           // requests decoded since the reader last read the socket
 	gap    time.Duration // the reader's last wait for a request
 	bulk   bool          // the last request's payload was larger than the read buffer
@@ -134,9 +135,12 @@ type slot struct {
 	buf  *[]byte // payload, from the pools
 	held int64   // bytes charged to the connection's budget
 	hdr  []byte  // reply headers, grown as needed and kept
-	iov  [][]byte
-	ext  []backend.Extent
-	cks  []chunk
+	// inline says the reader runs the request because storage has been
+	// answering from memory (runInline): reads use backend.ReadAtCached.
+	inline bool
+	iov    [][]byte
+	ext    []backend.Extent
+	cks    []chunk
 }
 
 // chunk is one content chunk of a structured read reply under construction.
@@ -153,6 +157,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		raw:   nc,
 		nc:    nc,
 		sock:  newSockReader(nc),
+		sw:    newSockWriter(nc),
 		gap:   hotWait,
 		begun: time.Now(),
 		slots: make(chan *slot, s.maxInFlight()),
@@ -321,7 +326,7 @@ func (c *conn) transmit() error {
 		}
 
 		s := c.takeSlot()
-		s.req = req
+		s.req, s.inline = req, false
 		if req.typ == cmdWrite {
 			if c.br.Buffered() < int(req.length) {
 				c.uncork()
@@ -344,6 +349,7 @@ func (c *conn) transmit() error {
 		c.requests.Add(1)
 		if c.runInline(&req) {
 			c.cork()
+			s.inline = true
 			c.handle(s)
 			continue
 		}
@@ -678,7 +684,7 @@ func (c *conn) read(s *slot) {
 	buf := *s.buf
 	off := int64(r.offset)
 	if !c.structured {
-		if err := c.readAt(buf, off); err != nil {
+		if err := c.readAt(s, buf, off); err != nil {
 			c.replyError(s, c.errno(err, r), err.Error())
 			return
 		}
@@ -720,7 +726,7 @@ func (c *conn) read(s *slot) {
 			flags = replyFlagDone
 		}
 		if ck.data {
-			if err := c.readAt(buf[ck.start:ck.end], off+ck.start); err != nil {
+			if err := c.readAt(s, buf[ck.start:ck.end], off+ck.start); err != nil {
 				c.replyError(s, c.errno(err, r), err.Error())
 				return
 			}
@@ -780,10 +786,16 @@ func (c *conn) planChunks(s *slot) {
 	}
 }
 
-// readAt fills buf from the backend; a short read is an I/O error.
-func (c *conn) readAt(buf []byte, off int64) error {
+// readAt fills buf from the backend for s; a short read is an I/O error.
+func (c *conn) readAt(s *slot, buf []byte, off int64) error {
 	start := time.Now()
-	n, err := c.be.ReadAt(buf, off)
+	var n int
+	var err error
+	if s.inline {
+		n, err = backend.ReadAtCached(c.be, buf, off)
+	} else {
+		n, err = c.be.ReadAt(buf, off)
+	}
 	c.timeStorage(start, len(buf))
 	if n == len(buf) {
 		c.bytesRead.Add(uint64(n))
@@ -912,8 +924,14 @@ func (c *conn) writeQueued() {
 		for _, b := range batch {
 			c.wiov = append(c.wiov, b.iov...)
 		}
-		c.wnb = c.wiov
-		if _, err := c.wnb.WriteTo(c.nc); err != nil {
+		var err error
+		if c.sw != nil {
+			err = c.sw.writev(c.wiov)
+		} else {
+			c.wnb = c.wiov
+			_, err = c.wnb.WriteTo(c.nc)
+		}
+		if err != nil {
 			c.fail(err)
 		}
 		for i, b := range batch {

@@ -164,6 +164,7 @@ func (c *conn) optStartTLS(data []byte) error {
 	c.nc, c.tls = tc, true
 	c.br.Reset(tc)
 	c.sock = nil // br reads TLS records through net.Conn now, not through sockReader
+	c.sw = nil   // and replies go out through it
 	// Nothing negotiated in the clear survives the upgrade.
 	c.structured, c.metaOK, c.metaExport = false, false, ""
 	st := tc.ConnectionState()

@@ -102,7 +102,11 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		r.setBlocking(int(fd), r.lone)
 	}
 	for {
-		r.n, r.err = unix.Read(int(fd), r.p)
+		if r.blocking {
+			r.n, r.err = unix.Read(int(fd), r.p) // it sleeps: let the runtime see it
+		} else {
+			r.n, r.err = rawRead(fd, r.p) // see rawio_linux.go
+		}
 		if r.err != unix.EINTR {
 			break
 		}

@@ -1,0 +1,123 @@
+//go:build linux
+
+package nbd
+
+import (
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// The socket's reads and writes outside depth-1 blocking mode are made as
+// raw system calls, which the Go runtime does not see.
+//
+// Why: when a system call lasts more than a few tens of microseconds and
+// no other processor is idle, as on a one-core board, the runtime's monitor
+// thread hands the caller's processor to another thread, and it keeps
+// waking every 20 µs while that happens again and again. Copying a large
+// read reply into the socket, or a large write's payload out of it, lasts
+// that long, and on one core each hand-off is context switches and wake-ups
+// for nothing: no other thread could have run meanwhile. With the replies'
+// writev and the socket reads raw, and storage reads raw while the reader
+// runs them from memory (backend.CachedReader), 1 MiB reads at depth 8 on
+// one core went from 2.4 to 0.2 context switches per request, and the
+// server's CPU per GiB fell by a seventh. The socket is non-blocking, so
+// neither call ever waits: each copies what it can and returns, and the
+// caller waits for the socket on the runtime's poller.
+
+// rawRead is read(2) on a non-blocking descriptor.
+func rawRead(fd uintptr, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// maxIOV is the most buffers one writev takes (the kernel's UIO_MAXIOV).
+const maxIOV = 1024
+
+// sockWriter writes replies to a TCP or Unix socket with raw writev(2).
+type sockWriter struct {
+	rc      syscall.RawConn
+	writeFD func(fd uintptr) bool // writeOnce, bound once: no allocation per write
+	bufs    [][]byte              // what is left to write
+	iov     []syscall.Iovec
+	err     error
+}
+
+// newSockWriter returns a sockWriter for nc, or nil if nc is not a socket.
+func newSockWriter(nc any) *sockWriter {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	w := &sockWriter{rc: rc}
+	w.writeFD = w.writeOnce
+	return w
+}
+
+// writev writes every byte of bufs, whose elements it may reslice.
+func (w *sockWriter) writev(bufs [][]byte) error {
+	w.bufs, w.err = bufs, nil
+	err := w.rc.Write(w.writeFD)
+	w.bufs = nil
+	if err != nil {
+		return err
+	}
+	if w.err != nil {
+		return os.NewSyscallError("writev", w.err)
+	}
+	return nil
+}
+
+// writeOnce is the function RawConn.Write calls with the descriptor: it
+// writes until done or the socket is full, and returns false to wait for
+// room.
+func (w *sockWriter) writeOnce(fd uintptr) bool {
+	for {
+		w.iov = w.iov[:0]
+		for _, b := range w.bufs {
+			if len(w.iov) == maxIOV {
+				break
+			}
+			if len(b) > 0 {
+				v := syscall.Iovec{Base: &b[0]}
+				v.SetLen(len(b))
+				w.iov = append(w.iov, v)
+			}
+		}
+		if len(w.iov) == 0 {
+			return true
+		}
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
+		switch e {
+		case 0:
+			w.advance(int(n))
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			w.err = e
+			return true
+		}
+	}
+}
+
+// advance drops the first n bytes written from w.bufs.
+func (w *sockWriter) advance(n int) {
+	for len(w.bufs) > 0 && n >= len(w.bufs[0]) {
+		n -= len(w.bufs[0])
+		w.bufs = w.bufs[1:]
+	}
+	if n > 0 {
+		w.bufs[0] = w.bufs[0][n:]
+	}
+}

@@ -1,0 +1,86 @@
+//go:build linux
+
+package nbd
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// sockWriter writes more buffers than one writev takes, and more bytes than
+// the socket holds, in order: it resumes after partial writes and waits for
+// room while the peer is slow to read.
+func TestSockWriterWritesEverything(t *testing.T) {
+	client, server := tcpPair(t)
+	server.(*net.TCPConn).SetWriteBuffer(64 << 10)
+	var bufs [][]byte
+	var want []byte
+	for i := range 3*maxIOV + 7 {
+		n := 1 + i%1500
+		if i%997 == 0 {
+			n = 256 << 10
+		}
+		b := bytes.Repeat([]byte{byte(i), byte(i >> 8)}, n)[:n]
+		bufs = append(bufs, b)
+		want = append(want, b...)
+	}
+	w := newSockWriter(server)
+	if w == nil {
+		t.Fatal("newSockWriter(TCP connection) = nil")
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		time.Sleep(50 * time.Millisecond) // let the socket fill first
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(io.LimitReader(client, int64(len(want))))
+		got <- b
+	}()
+	server.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := w.writev(bufs); err != nil {
+		t.Fatalf("writev of %d buffers, %d bytes = %v", len(bufs), len(want), err)
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("peer read %d bytes, want %d, same prefix %v", len(b), len(want), bytes.HasPrefix(want, b))
+	}
+}
+
+// A write to a peer that has gone is an error, not a hang.
+func TestSockWriterPeerGone(t *testing.T) {
+	client, server := tcpPair(t)
+	client.Close()
+	w := newSockWriter(server)
+	server.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	big := [][]byte{make([]byte, 8<<20)}
+	var err error
+	for range 4 { // the first write may land in the socket before the reset
+		if err = w.writev([][]byte{big[0]}); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		t.Fatal("writev to a closed peer succeeded four times")
+	}
+}
