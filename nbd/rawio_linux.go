@@ -51,12 +51,8 @@ type sockWriter struct {
 
 // newSockWriter returns a sockWriter for nc, or nil if nc is not a socket.
 func newSockWriter(nc any) *sockWriter {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConnOf(nc)
+	if rc == nil {
 		return nil
 	}
 	w := &sockWriter{rc: rc}

@@ -59,14 +59,23 @@ type sockReader struct {
 	yielded  time.Time
 }
 
-// newSockReader returns a sockReader for nc, or nil if nc is not a socket.
-func newSockReader(nc any) *sockReader {
+// rawConnOf returns nc's descriptor access, or nil if nc is not a socket.
+func rawConnOf(nc any) syscall.RawConn {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// newSockReader returns a sockReader for nc, or nil if nc is not a socket.
+func newSockReader(nc any) *sockReader {
+	rc := rawConnOf(nc)
+	if rc == nil {
 		return nil
 	}
 	r := &sockReader{rc: rc}
