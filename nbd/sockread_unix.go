@@ -138,7 +138,7 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 // connection. A sleeping reader holds the one processor: the runtime's
 // network poller does not run, and another connection's requests would wait
 // for that reader to yield or for the runtime's monitor thread, up to 10 ms
-// or more. A client alone on a one-core board has no one to wait for it,
+// or more. A connection alone on a one-core board keeps nobody waiting,
 // and on the poller each of its requests costs twice the CPU: the process
 // goes idle between requests, and the monitor thread is put to sleep and
 // woken again on the same core.
