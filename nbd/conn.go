@@ -286,7 +286,9 @@ func (c *conn) transmit() error {
 				c.uncork() // about to wait for the client: send what is held first
 			}
 			if c.sock != nil {
-				c.sock.lone = c.depthOne()
+				// At depth 1, and in a stream of bulk writes, the next
+				// request is coming: the reader may sleep in read(2).
+				c.sock.lone = c.depthOne() || c.bulk
 				waitFrom = time.Now()
 			}
 			c.batch = 0
@@ -332,7 +334,14 @@ func (c *conn) transmit() error {
 				c.uncork()
 			}
 			c.hold(s, req.length)
-			if _, err := io.ReadFull(c.br, *s.buf); err != nil {
+			if c.sock != nil {
+				c.sock.payload = int(req.length) - c.br.Buffered()
+			}
+			_, err := io.ReadFull(c.br, *s.buf)
+			if c.sock != nil {
+				c.sock.payload = 0
+			}
+			if err != nil {
 				c.release(s)
 				return err
 			}
@@ -372,7 +381,9 @@ func (c *conn) transmit() error {
 // socket brings one. Sleeping in read(2) then wakes the reader for every
 // request, where the poller lets a few arrive first. So any sign of depth
 // (two requests in one read, one running, a payload larger than the buffer)
-// keeps the reader on the poller for the next calmWaits waits as well.
+// keeps the reader out of depth-1 mode for the next calmWaits waits as
+// well. (Bulk writes have their own reason to sleep in read(2); see
+// transmit.)
 func (c *conn) depthOne() bool {
 	if c.batch > 1 || c.bulk || c.nInflight.Load() != 0 {
 		c.calm = 0

@@ -28,10 +28,12 @@ const yieldEvery = 4 * time.Millisecond
 var blockingConns atomic.Int32
 
 // sockReader reads a TCP or Unix socket for the reader goroutine. While the
-// reader says the client is at queue depth 1 (lone), it switches the socket
-// to blocking mode with a hotWait receive timeout, so the thread sleeps in
-// read(2) until the next request arrives, as a thread-per-connection C
-// server does.
+// reader says the client is at queue depth 1, or streams writes larger than
+// the read buffer (lone), it switches the socket to blocking mode with a
+// hotWait receive timeout, so the thread sleeps in read(2) until the next
+// request arrives, as a thread-per-connection C server does. The rest of a
+// write's payload it reads with MSG_WAITALL: one wake-up when all of it has
+// come, rather than one per segment and a trip through the poller between.
 //
 // Why: parking on the network poller between requests leaves the process
 // idle, and at depth 1 that costs more than the request: the poller's
@@ -52,7 +54,8 @@ type sockReader struct {
 	p        []byte                // readOnce's buffer and results
 	n        int
 	err      error
-	lone     bool // set by the reader before each read
+	lone     bool // set by the reader before each read: it may sleep in read(2)
+	payload  int  // bytes of a write's payload still to read, while the reader reads one
 	blocking bool // the socket is in blocking mode and counted in blockingConns
 	alone    bool // blocking on the one processor, which other connections need
 	timeouts bool // SO_RCVTIMEO and SO_SNDTIMEO are set
@@ -111,7 +114,11 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		r.setBlocking(int(fd), r.lone)
 	}
 	for {
-		if r.blocking {
+		if r.blocking && r.payload > 0 && len(r.p) <= r.payload {
+			// The rest of a payload, straight into place: sleep until all
+			// of it has come (or the receive timeout), not for each segment.
+			r.n, _, r.err = unix.Recvfrom(int(fd), r.p, unix.MSG_WAITALL)
+		} else if r.blocking {
 			r.n, r.err = unix.Read(int(fd), r.p) // it sleeps: let the runtime see it
 		} else {
 			r.n, r.err = rawRead(fd, r.p) // see rawio_linux.go

@@ -127,12 +127,75 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 	stayBlocking(t, 0, wait/4, "soon after two requests in one read")
 	tc.calmDown(t, "calm again")
 
-	// A write payload larger than the read buffer: a bulk transfer.
+	// A write payload larger than the read buffer: a bulk transfer, whose
+	// next request is coming too (see TestBulkWritesSleepForWholePayload),
+	// until the client goes quiet. A small request after it does not bring
+	// depth-1 mode back at once.
 	tc.request(0, cmdWrite, 8, 0, 4*readBufferSize, make([]byte, 4*readBufferSize))
 	if e, h := tc.simple(); e != 0 || h != 8 {
 		t.Fatalf("large write = errno %d handle %d", e, h)
 	}
-	waitBlocking(t, 0, wait/4, "after a write larger than the read buffer")
+	stayBlocking(t, 1, wait/4, "after a write larger than the read buffer")
+	waitBlocking(t, 0, 2*wait, "after the bulk writes went quiet")
+	tc.smallRead(9)
+	stayBlocking(t, 0, wait/4, "a small request after bulk writes")
+}
+
+// A stream of writes larger than the read buffer reads each payload's rest
+// in one sleep (MSG_WAITALL), with the data intact when it comes in pieces:
+// after a pause shorter than the receive timeout; after one longer, which
+// ends the sleep with part of the payload read; and after a header with no
+// payload yet, where the sleep ends with nothing and the reader goes back
+// to the poller mid-payload.
+func TestBulkWritesSleepForWholePayload(t *testing.T) {
+	const wait = 400 * time.Millisecond
+	lengthenHotWait(t, wait, 2)
+	mem := newMem(testSize)
+	addr := startServer(t, &Server{}, memExport("disk", mem))
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+
+	const n = 4 * readBufferSize
+	payload := func(seed byte) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(i*13) ^ seed
+		}
+		return p
+	}
+	tc.request(0, cmdWrite, 1, 0, n, payload(1))
+	if e, h := tc.simple(); e != 0 || h != 1 {
+		t.Fatalf("first bulk write = errno %d handle %d", e, h)
+	}
+	for i, c := range []struct {
+		pause time.Duration
+		first int // payload bytes sent with the header
+	}{{50 * time.Millisecond, n / 3}, {wait + wait/2, n / 3}, {wait + wait/2, 0}} {
+		pause := c.pause
+		off := uint64(i+1) * n
+		p := payload(byte(i + 2))
+		var h [requestLen]byte
+		encodeRequest(&h, request{typ: cmdWrite, handle: uint64(i + 2), offset: off, length: n})
+		tc.write(append(h[:], p[:c.first]...))
+		if i == 0 {
+			waitBlocking(t, 1, pause/2, "mid-payload, in a bulk stream")
+		}
+		time.Sleep(pause)
+		if i == 2 {
+			waitBlocking(t, 0, wait/4, "a header, then nothing for longer than the receive timeout")
+		}
+		tc.write(p[c.first:])
+		if e, got := tc.simple(); e != 0 || got != uint64(i+2) {
+			t.Fatalf("bulk write after a %v pause = errno %d handle %d", pause, e, got)
+		}
+		if !bytes.Equal(mem.bytesAt(int(off), n), p) {
+			t.Fatalf("bulk write after a %v pause: other data stored than sent", pause)
+		}
+	}
+	if !bytes.Equal(mem.bytesAt(0, n), payload(1)) {
+		t.Fatal("first bulk write: other data stored than sent")
+	}
 }
 
 // With two processors one connection may sleep in read(2), so the runtime
