@@ -6,7 +6,10 @@ import "time"
 
 // sockReader (sockread_unix.go) exists only on Unix; elsewhere
 // newSockReader returns nil and connections read through net.Conn.
-type sockReader struct{ lone bool }
+type sockReader struct {
+	lone    bool
+	payload int
+}
 
 func newSockReader(any) *sockReader          { return nil }
 func (*sockReader) Read([]byte) (int, error) { panic("unreachable") }
