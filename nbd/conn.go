@@ -119,6 +119,7 @@ type conn struct {
 	work      chan *slot   // hands requests to parked workers; nil asks one to exit
 	parked    atomic.Int32 // workers waiting on work
 	fast      atomic.Int32 // the streak of storage calls served from memory
+	procs     int32        // GOMAXPROCS when the connection began
 	requests  atomic.Uint64
 	trimSeen  uint64 // requests at the last trim check (the trimmer's own)
 	mem       budget
@@ -159,6 +160,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		sock:  newSockReader(nc),
 		sw:    newSockWriter(nc),
 		gap:   hotWait,
+		procs: int32(runtime.GOMAXPROCS(0)),
 		begun: time.Now(),
 		slots: make(chan *slot, s.maxInFlight()),
 		work:  make(chan *slot),
@@ -609,7 +611,7 @@ func (c *conn) handle(s *slot) {
 		c.blockStatus(s)
 		return
 	case cmdWrite:
-		start := time.Now()
+		call := c.beginStorage(false)
 		if r.flags&cmdFlagFUA != 0 {
 			// Durable on its own where the storage can: a journal
 			// commit need not flush everything written before it.
@@ -617,7 +619,7 @@ func (c *conn) handle(s *slot) {
 		} else {
 			_, err = c.be.WriteAt(*s.buf, off)
 		}
-		c.timeStorage(start, len(*s.buf))
+		c.timeStorage(call, len(*s.buf))
 		if err == nil {
 			c.bytesWritten.Add(uint64(n))
 		}
@@ -649,11 +651,47 @@ func (c *conn) handle(s *slot) {
 	c.send(s, s.hdr[:simpleReplyLen])
 }
 
-// timeStorage adds a storage call of n bytes begun at start to the streak
-// that lets the reader run requests inline.
-func (c *conn) timeStorage(start time.Time, n int) {
+// storageBusy counts the storage calls in progress in this process.
+var storageBusy atomic.Int32
+
+// storageCall is a storage call being timed (see timeStorage).
+type storageCall struct {
+	start   time.Time
+	crowded bool  // more storage calls than processors when it began
+	inblock int64 // the process's block input count then, for a read that may be crowded; else -1
+}
+
+// beginStorage starts timing a storage call.
+func (c *conn) beginStorage(read bool) storageCall {
+	k := storageBusy.Add(1)
+	call := storageCall{start: time.Now(), crowded: k > c.procs, inblock: -1}
+	if read && (call.crowded || c.nInflight.Load() > 1) {
+		call.inblock = blockInput() // a crowd may form while it runs
+	}
+	return call
+}
+
+// timeStorage adds a storage call of n bytes to the streak that lets the
+// reader run requests inline.
+//
+// A read that began or ended with more storage calls in progress than
+// processors (crowded) shares a processor with others, and its time
+// includes their turns: on a one-core board, eight workers reading 1 MiB each from the
+// page cache each take eight times as long, look slow, and keep the
+// connection on workers for good. So a crowded read counts as served from
+// memory, whatever it took, if the process read nothing from a device
+// meanwhile (its block input count, which a page-cache hit leaves alone).
+// Writes are not judged so: writing to the page cache can sleep on
+// writeback without reading anything.
+func (c *conn) timeStorage(call storageCall, n int) {
+	crowded := call.crowded || storageBusy.Load() > c.procs
+	storageBusy.Add(-1)
+	fast := servedFromMemory(time.Since(call.start), n)
+	if !fast && crowded && call.inblock >= 0 {
+		fast = blockInput() == call.inblock
+	}
 	f := c.fast.Load()
-	if servedFromMemory(time.Since(start), n) {
+	if fast {
 		f = min(f+1, streakMax)
 	} else {
 		f = max(f-streakSlow, 0)
@@ -799,7 +837,7 @@ func (c *conn) planChunks(s *slot) {
 
 // readAt fills buf from the backend for s; a short read is an I/O error.
 func (c *conn) readAt(s *slot, buf []byte, off int64) error {
-	start := time.Now()
+	call := c.beginStorage(true)
 	var n int
 	var err error
 	if s.inline {
@@ -807,7 +845,7 @@ func (c *conn) readAt(s *slot, buf []byte, off int64) error {
 	} else {
 		n, err = c.be.ReadAt(buf, off)
 	}
-	c.timeStorage(start, len(buf))
+	c.timeStorage(call, len(buf))
 	if n == len(buf) {
 		c.bytesRead.Add(uint64(n))
 		return nil

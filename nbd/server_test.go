@@ -694,7 +694,12 @@ func TestHeldReplySentBeforeWaitingForPayload(t *testing.T) {
 // TestDeviceLatencyKeepsRequestsParallel: storage that answers in about
 // 100 µs, like an SSD rather than the page cache, gains from requests
 // running side by side, so they must stay on workers.
+//
+// The fake device waits without reading from a device, which the rule for
+// crowded reads (see timeStorage) would take for the page cache; with more
+// processors than requests in flight, no read here is crowded.
 func TestDeviceLatencyKeepsRequestsParallel(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(64))
 	lb := &latencyBackend{memBackend: newMem(testSize), delay: 100 * time.Microsecond}
 	addr := startServer(t, &Server{}, &Export{
 		Name: "disk",
@@ -721,6 +726,90 @@ func TestDeviceLatencyKeepsRequestsParallel(t *testing.T) {
 	if m := lb.most.Load(); m < 2 {
 		t.Errorf("at most %d read ran at once; want reads of 100 µs storage to run in parallel", m)
 	}
+}
+
+// TestCrowdedReadsFromMemoryGoInline: on one processor, reads that each
+// take a little CPU and read nothing from a device, run side by side on
+// workers, take several times their own time each. They must still count
+// as served from memory, so the connection leaves worker mode.
+func TestCrowdedReadsFromMemoryGoInline(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	cb := &cpuBackend{memBackend: newMem(testSize)}
+	cb.calibrate(10 * time.Microsecond)
+	addr := startServer(t, &Server{}, &Export{
+		Name: "disk",
+		Open: func(net.Addr) (backend.Backend, error) { return cb, nil },
+	})
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	const burst = 16
+	buf := make([]byte, 4096)
+	var most []int32
+	for range 8 {
+		cb.most.Store(0)
+		var reqs []byte
+		for i := range uint64(burst) {
+			var h [requestLen]byte
+			encodeRequest(&h, request{typ: cmdRead, handle: i, offset: i * 4096, length: 4096})
+			reqs = append(reqs, h[:]...)
+		}
+		tc.write(reqs)
+		for range burst {
+			if e, _ := tc.simple(); e != 0 {
+				t.Fatalf("read = errno %d", e)
+			}
+			tc.read(buf)
+		}
+		most = append(most, cb.most.Load())
+	}
+	if last := most[len(most)-1]; last != 1 {
+		t.Errorf("reads running at once in each burst: %v; want the last burst run one at a time, inline", most)
+	}
+}
+
+// cpuBackend spends a fixed amount of CPU on each read, as a copy from the
+// page cache does, yielding now and then so that reads on workers take
+// turns on the processor; it records how many ran at once.
+type cpuBackend struct {
+	*memBackend
+	work      int
+	now, most atomic.Int32
+}
+
+// calibrate sets the work of one read to about d of CPU.
+func (b *cpuBackend) calibrate(d time.Duration) {
+	b.work = 1000
+	for {
+		start := time.Now()
+		b.spin()
+		if took := time.Since(start); took >= d/2 {
+			b.work = int(float64(b.work) * float64(d) / float64(took))
+			return
+		}
+		b.work *= 2
+	}
+}
+
+var cpuSink atomic.Int64 // keeps spin's work from being optimised away
+
+func (b *cpuBackend) spin() {
+	x := 0
+	for i := range b.work {
+		x += i * i
+		if i%256 == 0 {
+			runtime.Gosched()
+		}
+	}
+	cpuSink.Add(int64(x))
+}
+
+func (b *cpuBackend) ReadAt(p []byte, off int64) (int, error) {
+	n := b.now.Add(1)
+	defer b.now.Add(-1)
+	for m := b.most.Load(); n > m && !b.most.CompareAndSwap(m, n); m = b.most.Load() {
+	}
+	b.spin()
+	return b.memBackend.ReadAt(p, off)
 }
 
 // latencyBackend takes delay for each read, yielding rather than sleeping,

@@ -17,3 +17,5 @@ func (*sockReader) release()                 {}
 func (*sockReader) tick(time.Time)           {}
 
 var hotWait time.Duration
+
+func blockInput() int64 { return -1 }
