@@ -708,21 +708,7 @@ func TestDeviceLatencyKeepsRequestsParallel(t *testing.T) {
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
 	tc.fastStreak(0)
-	const n = 64
-	var burst []byte
-	for i := range uint64(n) {
-		var h [requestLen]byte
-		encodeRequest(&h, request{typ: cmdRead, handle: i, offset: i * 4096, length: 4096})
-		burst = append(burst, h[:]...)
-	}
-	tc.write(burst)
-	buf := make([]byte, 4096)
-	for range n {
-		if e, _ := tc.simple(); e != 0 {
-			t.Fatalf("read = errno %d", e)
-		}
-		tc.read(buf)
-	}
+	tc.readBurst(64)
 	if m := lb.most.Load(); m < 2 {
 		t.Errorf("at most %d read ran at once; want reads of 100 µs storage to run in parallel", m)
 	}
@@ -742,24 +728,10 @@ func TestCrowdedReadsFromMemoryGoInline(t *testing.T) {
 	})
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
-	const burst = 16
-	buf := make([]byte, 4096)
 	var most []int32
 	for range 8 {
 		cb.most.Store(0)
-		var reqs []byte
-		for i := range uint64(burst) {
-			var h [requestLen]byte
-			encodeRequest(&h, request{typ: cmdRead, handle: i, offset: i * 4096, length: 4096})
-			reqs = append(reqs, h[:]...)
-		}
-		tc.write(reqs)
-		for range burst {
-			if e, _ := tc.simple(); e != 0 {
-				t.Fatalf("read = errno %d", e)
-			}
-			tc.read(buf)
-		}
+		tc.readBurst(16)
 		most = append(most, cb.most.Load())
 	}
 	if last := most[len(most)-1]; last != 1 {
@@ -767,13 +739,44 @@ func TestCrowdedReadsFromMemoryGoInline(t *testing.T) {
 	}
 }
 
+// readBurst sends n reads of 4 KiB in one write, so they arrive together,
+// and waits for every reply.
+func (tc *tclient) readBurst(n int) {
+	tc.t.Helper()
+	var reqs []byte
+	for i := range uint64(n) {
+		var h [requestLen]byte
+		encodeRequest(&h, request{typ: cmdRead, handle: i, offset: i * 4096, length: 4096})
+		reqs = append(reqs, h[:]...)
+	}
+	tc.write(reqs)
+	buf := make([]byte, 4096)
+	for range n {
+		if e, _ := tc.simple(); e != 0 {
+			tc.t.Fatalf("read = errno %d", e)
+		}
+		tc.read(buf)
+	}
+}
+
+// callCount records how many calls run at once, and the most seen.
+type callCount struct{ now, most atomic.Int32 }
+
+func (c *callCount) enter() {
+	n := c.now.Add(1)
+	for m := c.most.Load(); n > m && !c.most.CompareAndSwap(m, n); m = c.most.Load() {
+	}
+}
+
+func (c *callCount) leave() { c.now.Add(-1) }
+
 // cpuBackend spends a fixed amount of CPU on each read, as a copy from the
 // page cache does, yielding now and then so that reads on workers take
 // turns on the processor; it records how many ran at once.
 type cpuBackend struct {
 	*memBackend
-	work      int
-	now, most atomic.Int32
+	callCount
+	work int
 }
 
 // calibrate sets the work of one read to about d of CPU.
@@ -804,10 +807,8 @@ func (b *cpuBackend) spin() {
 }
 
 func (b *cpuBackend) ReadAt(p []byte, off int64) (int, error) {
-	n := b.now.Add(1)
-	defer b.now.Add(-1)
-	for m := b.most.Load(); n > m && !b.most.CompareAndSwap(m, n); m = b.most.Load() {
-	}
+	b.enter()
+	defer b.leave()
 	b.spin()
 	return b.memBackend.ReadAt(p, off)
 }
@@ -816,15 +817,13 @@ func (b *cpuBackend) ReadAt(p []byte, off int64) (int, error) {
 // and records how many ran at once.
 type latencyBackend struct {
 	*memBackend
-	delay     time.Duration
-	now, most atomic.Int32
+	callCount
+	delay time.Duration
 }
 
 func (l *latencyBackend) ReadAt(p []byte, off int64) (int, error) {
-	n := l.now.Add(1)
-	defer l.now.Add(-1)
-	for m := l.most.Load(); n > m && !l.most.CompareAndSwap(m, n); m = l.most.Load() {
-	}
+	l.enter()
+	defer l.leave()
 	for start := time.Now(); time.Since(start) < l.delay; {
 		runtime.Gosched() // not a timer: it would sleep far longer than 100 µs
 	}
