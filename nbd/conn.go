@@ -676,9 +676,9 @@ func (c *conn) beginStorage(read bool) storageCall {
 //
 // A read that began or ended with more storage calls in progress than
 // processors (crowded) shares a processor with others, and its time
-// includes their turns: on a one-core board, eight workers reading 1 MiB each from the
-// page cache each take eight times as long, look slow, and keep the
-// connection on workers for good. So a crowded read counts as served from
+// includes their turns: on a one-core board, eight workers reading 1 MiB
+// each from the page cache each take eight times as long, look slow, and
+// keep the connection on workers for good. So a crowded read counts as served from
 // memory, whatever it took, if the process read nothing from a device
 // meanwhile (its block input count, which a page-cache hit leaves alone).
 // Writes are not judged so: writing to the page cache can sleep on

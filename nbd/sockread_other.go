@@ -17,5 +17,3 @@ func (*sockReader) release()                 {}
 func (*sockReader) tick(time.Time)           {}
 
 var hotWait time.Duration
-
-func blockInput() int64 { return -1 }

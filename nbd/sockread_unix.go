@@ -212,13 +212,3 @@ func (r *sockReader) release() {
 		blockingConns.Add(-1)
 	}
 }
-
-// blockInput is the process's count of block input operations (reads from
-// a device, not from the page cache), or -1 if unknown.
-func blockInput() int64 {
-	var ru unix.Rusage
-	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
-		return -1
-	}
-	return int64(ru.Inblock)
-}
