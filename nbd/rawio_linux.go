@@ -6,6 +6,8 @@ import (
 	"os"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The socket's reads and writes outside depth-1 blocking mode are made as
@@ -37,15 +39,26 @@ func rawRead(fd uintptr, p []byte) (int, error) {
 	return int(n), nil
 }
 
+// sendFlags make every send non-blocking, whatever the socket's mode: a raw
+// system call must never sleep. In depth-1 blocking mode (sockread_unix.go)
+// a writev would sleep in the kernel when the socket is full, up to the
+// send timeout and again after each partial write, on a processor the
+// runtime thinks is running Go code: nothing could preempt it, and a
+// garbage collection waited for it, stopping every other goroutine. A full
+// socket instead sends the writer to the runtime's poller, which lets the
+// processor go.
+const sendFlags = syscall.MSG_DONTWAIT | syscall.MSG_NOSIGNAL
+
 // maxIOV is the most buffers one writev takes (the kernel's UIO_MAXIOV).
 const maxIOV = 1024
 
-// sockWriter writes replies to a TCP or Unix socket with raw writev(2).
+// sockWriter writes replies to a TCP or Unix socket with raw sendmsg(2).
 type sockWriter struct {
 	rc      syscall.RawConn
 	writeFD func(fd uintptr) bool // writeOnce, bound once: no allocation per write
 	bufs    [][]byte              // what is left to write
-	iov     []syscall.Iovec
+	iov     []unix.Iovec
+	msg     unix.Msghdr
 	err     error
 }
 
@@ -85,7 +98,7 @@ func (w *sockWriter) writeOnce(fd uintptr) bool {
 				break
 			}
 			if len(b) > 0 {
-				v := syscall.Iovec{Base: &b[0]}
+				v := unix.Iovec{Base: &b[0]}
 				v.SetLen(len(b))
 				w.iov = append(w.iov, v)
 			}
@@ -93,7 +106,9 @@ func (w *sockWriter) writeOnce(fd uintptr) bool {
 		if len(w.iov) == 0 {
 			return true
 		}
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
+		w.msg.Iov = &w.iov[0]
+		w.msg.SetIovlen(len(w.iov))
+		n, _, e := syscall.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&w.msg)), sendFlags)
 		switch e {
 		case 0:
 			w.advance(int(n))

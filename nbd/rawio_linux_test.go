@@ -84,3 +84,34 @@ func TestSockWriterPeerGone(t *testing.T) {
 		t.Fatal("writev to a closed peer succeeded four times")
 	}
 }
+
+// A reply larger than the socket holds, to a client at depth 1 that is slow
+// to read it: the writer waits on the poller, not in the kernel, and the
+// whole reply arrives.
+func TestLargeReplyToASlowClientAtDepthOne(t *testing.T) {
+	const wait = 100 * time.Millisecond
+	const size = 16 << 20
+	lengthenHotWait(t, wait, 2)
+	disk := newMem(size)
+	for i := range disk.data {
+		disk.data[i] = byte(i*7 + i>>12)
+	}
+	addr := startServer(t, &Server{}, memExport("disk", disk))
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+	tc.calmDown(t, "at depth 1")
+
+	tc.request(0, cmdRead, 7, 0, size, nil)
+	time.Sleep(5 * wait) // the socket fills while the client does not read
+	tc.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if e, h := tc.simple(); e != 0 || h != 7 {
+		t.Fatalf("large read = errno %d handle %d", e, h)
+	}
+	got := make([]byte, size)
+	tc.read(got)
+	if !bytes.Equal(got, disk.data) {
+		t.Fatal("large read returned the wrong data")
+	}
+	tc.smallRead(8)
+}
