@@ -166,6 +166,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 		work:  make(chan *slot),
 	}
 	if c.sock != nil {
+		if c.sw != nil {
+			c.sw.hide = c.sock.hide
+		}
 		c.br = bufio.NewReaderSize(c.sock, readBufferSize)
 	} else {
 		c.br = bufio.NewReaderSize(nc, readBufferSize)

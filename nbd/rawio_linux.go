@@ -60,6 +60,8 @@ type sockWriter struct {
 	iov     []unix.Iovec
 	msg     unix.Msghdr
 	err     error
+	hide    *pollHide // the sockReader's: shown while this waits on the poller
+	waited  bool
 }
 
 // newSockWriter returns a sockWriter for nc, or nil if nc is not a socket.
@@ -77,6 +79,10 @@ func newSockWriter(nc any) *sockWriter {
 func (w *sockWriter) writev(bufs [][]byte) error {
 	w.bufs, w.err = bufs, nil
 	err := w.rc.Write(w.writeFD)
+	if w.waited {
+		w.waited = false
+		w.hide.writerDone()
+	}
 	w.bufs = nil
 	if err != nil {
 		return err
@@ -114,6 +120,13 @@ func (w *sockWriter) writeOnce(fd uintptr) bool {
 			w.advance(int(n))
 		case syscall.EINTR:
 		case syscall.EAGAIN:
+			if !w.waited && w.hide != nil {
+				w.waited = true
+				if err := w.hide.writerWaits(int(fd)); err != nil {
+					w.err = err
+					return true
+				}
+			}
 			return false
 		default:
 			w.err = e

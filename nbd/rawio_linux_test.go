@@ -87,7 +87,8 @@ func TestSockWriterPeerGone(t *testing.T) {
 
 // A reply larger than the socket holds, to a client at depth 1 that is slow
 // to read it: the writer waits on the poller, not in the kernel, and the
-// whole reply arrives.
+// whole reply arrives. It is sent while the reader's socket is out of the
+// runtime's poller, which the writer puts it back into before it waits.
 func TestLargeReplyToASlowClientAtDepthOne(t *testing.T) {
 	const wait = 100 * time.Millisecond
 	const size = 16 << 20
@@ -96,11 +97,16 @@ func TestLargeReplyToASlowClientAtDepthOne(t *testing.T) {
 	for i := range disk.data {
 		disk.data[i] = byte(i*7 + i>>12)
 	}
-	addr := startServer(t, &Server{}, memExport("disk", disk))
+	s := &Server{}
+	addr := startServer(t, s, memExport("disk", disk))
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
+	fd := serverFD(t, s)
 	tc.fastStreak(0)
 	tc.calmDown(t, "at depth 1")
+	if inRuntimePoller(t, fd) {
+		t.Fatal("the socket stayed in the runtime's epoll set while its reader sleeps in read(2)")
+	}
 
 	tc.request(0, cmdRead, 7, 0, size, nil)
 	time.Sleep(5 * wait) // the socket fills while the client does not read

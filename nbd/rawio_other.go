@@ -6,7 +6,7 @@ package nbd
 // runtime sees (see rawio_linux.go).
 
 // sockWriter exists only on Linux; elsewhere replies go through net.Conn.
-type sockWriter struct{}
+type sockWriter struct{ hide *pollHide }
 
 func newSockWriter(any) *sockWriter       { return nil }
 func (*sockWriter) writev([][]byte) error { panic("unreachable") }

@@ -9,6 +9,7 @@ import "time"
 type sockReader struct {
 	lone    bool
 	payload int
+	hide    *pollHide
 }
 
 func newSockReader(any) *sockReader          { return nil }

@@ -40,11 +40,14 @@ var blockingConns atomic.Int32
 // epoll_wait sleep and wake-up, the runtime's monitor thread (sysmon) put to
 // sleep and woken by the next system call, and a failed read before every
 // park. A thread asleep in read(2) keeps its processor and needs none of it.
+// On Linux the socket also leaves the runtime's epoll set meanwhile, so that
+// its arrivals wake nobody else (pollhide_linux.go).
 //
 // Limits: it holds an OS thread and its processor while it sleeps, so the
 // sleep is short (hotWait; the read then fails with EAGAIN and the
 // connection parks on the poller as usual) and only so many connections are
-// in blocking mode at once (sleepPlaces). Writes in blocking mode sleep at
+// in blocking mode at once (sleepPlaces). On Linux replies never sleep in
+// the kernel (rawio_linux.go); elsewhere writes in blocking mode sleep at
 // most hotWait too (SO_SNDTIMEO) before they fall back to the poller. A
 // deadline, Close or Shutdown from another goroutine takes effect when the
 // sleep ends, within hotWait.
@@ -54,11 +57,12 @@ type sockReader struct {
 	p        []byte                // readOnce's buffer and results
 	n        int
 	err      error
-	lone     bool // set by the reader before each read: it may sleep in read(2)
-	payload  int  // bytes of a write's payload still to read, while the reader reads one
-	blocking bool // the socket is in blocking mode and counted in blockingConns
-	alone    bool // blocking on the one processor, which other connections need
-	timeouts bool // SO_RCVTIMEO and SO_SNDTIMEO are set
+	lone     bool      // set by the reader before each read: it may sleep in read(2)
+	payload  int       // bytes of a write's payload still to read, while the reader reads one
+	blocking bool      // the socket is in blocking mode and counted in blockingConns
+	alone    bool      // blocking on the one processor, which other connections need
+	timeouts bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
+	hide     *pollHide // shared with the connection's sockWriter
 	yielded  time.Time
 }
 
@@ -81,7 +85,7 @@ func newSockReader(nc any) *sockReader {
 	if rc == nil {
 		return nil
 	}
-	r := &sockReader{rc: rc}
+	r := &sockReader{rc: rc, hide: newPollHide()}
 	r.readFD = r.readOnce
 	return r
 }
@@ -108,10 +112,15 @@ func (r *sockReader) Read(p []byte) (int, error) {
 // readOnce is the function RawConn.Read calls with the descriptor: it reads
 // into r.p, and returns false to wait on the poller.
 func (r *sockReader) readOnce(fd uintptr) bool {
+	var err error
 	if r.alone && openConns.Load() > 1 {
-		r.setBlocking(int(fd), false) // another connection needs the processor
+		err = r.setBlocking(int(fd), false) // another connection needs the processor
 	} else if r.lone != r.blocking {
-		r.setBlocking(int(fd), r.lone)
+		err = r.setBlocking(int(fd), r.lone)
+	}
+	if err != nil {
+		r.n, r.err = 0, err
+		return true
 	}
 	for {
 		if r.blocking && r.payload > 0 && len(r.p) <= r.payload {
@@ -132,7 +141,10 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 	}
 	if r.blocking { // the receive timeout ran out: the client is quiet
 		r.lone = false
-		r.setBlocking(int(fd), false)
+		if err := r.setBlocking(int(fd), false); err != nil {
+			r.n, r.err = 0, err
+			return true
+		}
 	}
 	return false
 }
@@ -160,35 +172,40 @@ func sleepPlaces() (places int32, alone bool) {
 }
 
 // setBlocking switches the socket's mode. Switching to blocking mode needs
-// one of the sleepPlaces; without one the socket stays non-blocking.
-func (r *sockReader) setBlocking(fd int, on bool) {
+// one of the sleepPlaces; without one the socket stays non-blocking. In
+// blocking mode the socket is out of the runtime's poller (pollHide); the
+// error is that of putting it back, after which the reader cannot wait.
+func (r *sockReader) setBlocking(fd int, on bool) error {
 	if on {
 		places, alone := sleepPlaces()
 		if blockingConns.Add(1) > places {
 			blockingConns.Add(-1)
-			return
+			return nil
 		}
 		if !r.timeouts {
 			tv := unix.NsecToTimeval(int64(hotWait))
 			if unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) != nil ||
 				unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv) != nil {
 				blockingConns.Add(-1)
-				return
+				return nil
 			}
 			r.timeouts = true
 		}
 		if unix.SetNonblock(fd, false) != nil {
 			blockingConns.Add(-1)
-			return
+			return nil
 		}
 		r.blocking, r.alone = true, alone
-		return
+		r.hide.hide(fd)
+		return nil
 	}
 	// Even if this fails the socket must not be counted: a blocking socket
 	// still sleeps at most hotWait.
+	err := r.hide.show(fd)
 	unix.SetNonblock(fd, true)
 	r.blocking, r.alone = false, false
 	blockingConns.Add(-1)
+	return err
 }
 
 // tick is called by the reader after each request arrives. In blocking mode
