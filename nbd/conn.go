@@ -660,18 +660,14 @@ var storageBusy atomic.Int32
 // storageCall is a storage call being timed (see timeStorage).
 type storageCall struct {
 	start   time.Time
-	crowded bool  // more storage calls than processors when it began
-	inblock int64 // the process's block input count then, for a read that may be crowded; else -1
+	crowded bool // more storage calls than processors when it began
+	read    bool
 }
 
 // beginStorage starts timing a storage call.
 func (c *conn) beginStorage(read bool) storageCall {
 	k := storageBusy.Add(1)
-	call := storageCall{start: time.Now(), crowded: k > c.procs, inblock: -1}
-	if read && (call.crowded || c.nInflight.Load() > 1) {
-		call.inblock = blockInput() // a crowd may form while it runs
-	}
-	return call
+	return storageCall{start: time.Now(), crowded: k > c.procs, read: read}
 }
 
 // timeStorage adds a storage call of n bytes to the streak that lets the
@@ -681,17 +677,16 @@ func (c *conn) beginStorage(read bool) storageCall {
 // processors (crowded) shares a processor with others, and its time
 // includes their turns: on a one-core board, eight workers reading 1 MiB
 // each from the page cache each take eight times as long, look slow, and
-// keep the connection on workers for good. So a crowded read counts as served from
-// memory, whatever it took, if the process read nothing from a device
-// meanwhile (its block input count, which a page-cache hit leaves alone).
-// Writes are not judged so: writing to the page cache can sleep on
-// writeback without reading anything.
+// keep the connection on workers for good. So a crowded read counts as
+// served from memory, whatever it took, if the process read nothing from a
+// device meanwhile (noBlockInputSince). Writes are not judged so: writing
+// to the page cache can sleep on writeback without reading anything.
 func (c *conn) timeStorage(call storageCall, n int) {
 	crowded := call.crowded || storageBusy.Load() > c.procs
 	storageBusy.Add(-1)
 	fast := servedFromMemory(time.Since(call.start), n)
-	if !fast && crowded && call.inblock >= 0 {
-		fast = blockInput() == call.inblock
+	if !fast && crowded && call.read {
+		fast = noBlockInputSince(call.start)
 	}
 	f := c.fast.Load()
 	if fast {
@@ -700,6 +695,43 @@ func (c *conn) timeStorage(call storageCall, n int) {
 		f = max(f-streakSlow, 0)
 	}
 	c.fast.Store(f) // racing workers may lose a step; it is a heuristic
+}
+
+// inblockSeen is the process's block input count as last read, and since
+// when it has had that value, as far as anyone looked.
+var inblockSeen countSeen
+
+// noBlockInputSince says whether the process has read nothing from a device
+// (its block input count, which a page-cache hit leaves alone) since start.
+// The count is read only here, at the end of a slow crowded read, and
+// compared with the value it has had since an earlier look: with storage
+// in memory it never moves, and no request pays a system call to read it
+// first. The first such read after the count moves is judged slow.
+func noBlockInputSince(start time.Time) bool {
+	n := blockInput()
+	if n < 0 {
+		return false
+	}
+	return inblockSeen.unchangedSince(n, time.Now(), start)
+}
+
+// countSeen follows a count that only grows, from looks at it.
+type countSeen struct {
+	mu    sync.Mutex
+	n     int64
+	since time.Time // the first look that saw n
+}
+
+// unchangedSince records a look that saw n at now (or before it), and says
+// whether the count has been n since start or earlier.
+func (c *countSeen) unchangedSince(n int64, now, start time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.since.IsZero() || n != c.n {
+		c.n, c.since = n, now
+		return false
+	}
+	return !c.since.After(start)
 }
 
 // errno maps a backend error to an NBD error value and logs the first one of

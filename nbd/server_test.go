@@ -739,6 +739,32 @@ func TestCrowdedReadsFromMemoryGoInline(t *testing.T) {
 	}
 }
 
+// countSeen says a count was unchanged over a span only when a look at or
+// before the span's start and one after it saw the same value.
+func TestCountSeen(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	var c countSeen
+	for i, step := range []struct {
+		n         int64
+		now, from int
+		want      bool
+	}{
+		{5, 10, 5, false},  // the first look: nothing to compare with
+		{5, 20, 15, true},  // unchanged since 10, before the span began at 15
+		{5, 30, 5, false},  // the span began before the first look
+		{5, 40, 10, true},  // a span that began at the first look itself
+		{6, 50, 45, false}, // the count moved
+		{6, 60, 45, false}, // unchanged only since 50, after the span began
+		{6, 70, 55, true},  // unchanged since 50
+		{7, 80, 75, false}, // moved again
+	} {
+		if got := c.unchangedSince(step.n, at(step.now), at(step.from)); got != step.want {
+			t.Errorf("step %d: count %d at %d ms, span from %d ms: %v, want %v", i, step.n, step.now, step.from, got, step.want)
+		}
+	}
+}
+
 // readBurst sends n reads of 4 KiB in one write, so they arrive together,
 // and waits for every reply.
 func (tc *tclient) readBurst(n int) {
