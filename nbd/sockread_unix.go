@@ -58,7 +58,7 @@ type sockReader struct {
 	n        int
 	err      error
 	lone     bool      // set by the reader before each read: it may sleep in read(2)
-	payload  int       // bytes of a write's payload still to read, while the reader reads one
+	payload  int       // bytes of a write's payload still to come, while the reader reads one
 	blocking bool      // the socket is in blocking mode and counted in blockingConns
 	alone    bool      // blocking on the one processor, which other connections need
 	timeouts bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
@@ -137,6 +137,12 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		}
 	}
 	if r.err != unix.EAGAIN {
+		if r.n > 0 && r.payload > 0 {
+			// Keep it exact: after a short read the buffered reader may
+			// ask for its whole buffer, more than the payload's rest, and
+			// MSG_WAITALL would then wait for bytes the client has not sent.
+			r.payload = max(r.payload-r.n, 0)
+		}
 		return true
 	}
 	if r.blocking { // the receive timeout ran out: the client is quiet

@@ -144,7 +144,8 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 // A stream of writes larger than the read buffer reads each payload's rest
 // in one sleep (MSG_WAITALL), with the data intact when it comes in pieces:
 // after a pause shorter than the receive timeout; after one longer, which
-// ends the sleep with part of the payload read; and after a header with no
+// ends the sleep with part of the payload read (twice: with a rest larger
+// than the read buffer, and with one smaller); and after a header with no
 // payload yet, where the sleep ends with nothing and the reader goes back
 // to the poller mid-payload.
 func TestBulkWritesSleepForWholePayload(t *testing.T) {
@@ -171,7 +172,7 @@ func TestBulkWritesSleepForWholePayload(t *testing.T) {
 	for i, c := range []struct {
 		pause time.Duration
 		first int // payload bytes sent with the header
-	}{{50 * time.Millisecond, n / 3}, {wait + wait/2, n / 3}, {wait + wait/2, 0}} {
+	}{{50 * time.Millisecond, n / 3}, {wait + wait/2, n / 3}, {wait + wait/2, n - readBufferSize/2}, {wait + wait/2, 0}} {
 		pause := c.pause
 		off := uint64(i+1) * n
 		p := payload(byte(i + 2))
@@ -182,12 +183,18 @@ func TestBulkWritesSleepForWholePayload(t *testing.T) {
 			waitBlocking(t, 1, pause/2, "mid-payload, in a bulk stream")
 		}
 		time.Sleep(pause)
-		if i == 2 {
+		if c.first == 0 {
 			waitBlocking(t, 0, wait/4, "a header, then nothing for longer than the receive timeout")
 		}
 		tc.write(p[c.first:])
+		sent := time.Now()
 		if e, got := tc.simple(); e != 0 || got != uint64(i+2) {
 			t.Fatalf("bulk write after a %v pause = errno %d handle %d", pause, e, got)
+		}
+		// Once the rest has come the reply follows: the reader does not
+		// wait for more than the payload, however it was split.
+		if d := time.Since(sent); d > wait/4 {
+			t.Errorf("bulk write %d: reply %v after the rest of the payload was sent", i+2, d)
 		}
 		if !bytes.Equal(mem.bytesAt(int(off), n), p) {
 			t.Fatalf("bulk write after a %v pause: other data stored than sent", pause)
