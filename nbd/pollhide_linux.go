@@ -31,8 +31,10 @@ import (
 // pointer to its record of the socket) are read from that descriptor's
 // /proc/self/fdinfo entry before the first removal and given back unchanged
 // on re-adding, which also reports any readiness that came meanwhile, as
-// edge-triggered registration does for a new descriptor. Every step that
-// fails leaves the socket registered: it costs the wake-ups, nothing else.
+// edge-triggered registration does for a new descriptor. A failure to find
+// or remove the registration leaves the socket registered, which costs the
+// wake-ups and nothing else; a failure to re-add it ends the connection
+// with the error (see show), as a wait on the poller would never end.
 //
 // The reader hides the socket when it enters blocking mode and shows it
 // when it leaves; a writer that finds the socket full shows it before it
