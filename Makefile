@@ -46,7 +46,7 @@ test: deps lint ## install test tools, lint, and run every test with the race de
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -tags pprof -run Pprof ./cmd/boardnbd/
 
-bench: ## compare boardnbd with nbdkit, nbd-server and qemu-nbd on loopback (root, ~7 min; BENCHFLAGS=-quick for a smoke run)
+bench: ## compare boardnbd with nbdkit, nbd-server and qemu-nbd on loopback (root, ~10 min; BENCHFLAGS=-quick for a smoke run)
 	$(GO) run ./cmd/nbdbench $(BENCHFLAGS)
 
 bench-onecore: ## the same with every server pinned to the last CPU and the clients to the others, as on a one-core board

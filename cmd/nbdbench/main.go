@@ -8,9 +8,9 @@
 // which the servers take turns, then system calls per request (perf stat
 // and strace -c) and boardnbd's memory footprint.
 //
-//	go run ./cmd/nbdbench                 # about 7 minutes: 3 rounds
+//	go run ./cmd/nbdbench                 # about 10 minutes: 5 rounds
 //	go run ./cmd/nbdbench -quick          # under a minute: smoke test
-//	go run ./cmd/nbdbench -servers boardnbd,nbdkit -rounds 5
+//	go run ./cmd/nbdbench -servers boardnbd,nbdkit -rounds 9
 //
 // It owns no part of boardnbd: it builds ./cmd/boardnbd and runs the
 // binary like any other server. It needs fio, nbdcopy (libnbd-bin) and the
@@ -40,7 +40,7 @@ func main() {
 func run(argv []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nbdbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	rounds := fs.Int("rounds", 3, "rounds; each runs every workload on every server, servers taking turns")
+	rounds := fs.Int("rounds", 5, "rounds; each runs every workload on every server, servers taking turns")
 	fioTime := fs.Duration("time", 4*time.Second, "length of each fio run")
 	sizeMiB := fs.Int64("size", 512, "image size in MiB (each server has its own copy, in tmpfs)")
 	servers := fs.String("servers", strings.Join(allServers, ","), "servers to measure, comma-separated")
