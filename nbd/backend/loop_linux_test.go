@@ -273,9 +273,6 @@ func TestLoopDetach(t *testing.T) {
 	}
 }
 
-// TestLoopVanished makes the storage under a loop device fail (an ext4 file
-// system shut down as if its disk had gone) and checks that reads, writes
-// and flushes fail with EIO instead of hanging or panicking.
 // ReadAtCached reads a block device as ReadAt does.
 func TestLoopReadAtCached(t *testing.T) {
 	f := openT(t, loopDevice(t, "", 4<<20), Options{})
@@ -292,6 +289,9 @@ func TestLoopReadAtCached(t *testing.T) {
 	}
 }
 
+// TestLoopVanished makes the storage under a loop device fail (an ext4 file
+// system shut down as if its disk had gone) and checks that reads, writes
+// and flushes fail with EIO instead of hanging or panicking.
 func TestLoopVanished(t *testing.T) {
 	switch runtime.GOARCH {
 	case "amd64", "386", "arm", "arm64", "riscv64", "loong64":
