@@ -38,6 +38,9 @@ const (
 // before the reader sleeps in read(2) (see depthOne).
 const calmWaits = 32
 
+// writeRunMin is how many writes in a row make a stream of writes.
+const writeRunMin = 4
+
 // servedFromMemory says whether a storage call of n bytes that took d was
 // served from memory (the page cache, tmpfs): under 60 µs, plus copying at
 // 2 GB/s. That leaves room for a busy machine's slow system calls; an SSD
@@ -74,18 +77,19 @@ type conn struct {
 	// raw is the accepted connection; nc is what the protocol runs over:
 	// raw, or a TLS connection over it after NBD_OPT_STARTTLS. Other
 	// goroutines (Shutdown, Close) touch only raw.
-	raw    net.Conn
-	nc     net.Conn
-	br     *bufio.Reader
-	sock   *sockReader   // br's source while nc is a plain socket; else nil
-	sw     *sockWriter   // writes replies while nc is a plain socket on Linux; else nil
-	batch  int           // requests decoded since the reader last read the socket
-	gap    time.Duration // the reader's last wait for a request
-	bulk   bool          // the last request's payload was larger than the read buffer
-	calm   int           // waits in a row with no sign of depth (see depthOne)
-	log    *slog.Logger
-	optBuf [512]byte
-	begun  time.Time
+	raw      net.Conn
+	nc       net.Conn
+	br       *bufio.Reader
+	sock     *sockReader   // br's source while nc is a plain socket; else nil
+	sw       *sockWriter   // writes replies while nc is a plain socket on Linux; else nil
+	batch    int           // requests decoded since the reader last read the socket
+	gap      time.Duration // the reader's last wait for a request
+	bulk     bool          // the last request's payload was larger than the read buffer
+	writeRun int           // writes in a row, up to writeRunMin
+	calm     int           // waits in a row with no sign of depth (see depthOne)
+	log      *slog.Logger
+	optBuf   [512]byte
+	begun    time.Time
 
 	// Negotiated during the handshake.
 	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
@@ -291,9 +295,13 @@ func (c *conn) transmit() error {
 				c.uncork() // about to wait for the client: send what is held first
 			}
 			if c.sock != nil {
-				// At depth 1, and in a stream of bulk writes, the next
-				// request is coming: the reader may sleep in read(2).
-				c.sock.lone = c.depthOne() || c.bulk
+				// At depth 1, in a stream of bulk writes, and in one of
+				// small writes the reader runs itself, the next request
+				// is coming: the reader may sleep in read(2).
+				one := c.depthOne()
+				small := c.smallWrites()
+				c.sock.lone = one || c.bulk || small
+				c.sock.tryFirst = small && !one
 				waitFrom = time.Now()
 			}
 			c.batch = 0
@@ -327,6 +335,11 @@ func (c *conn) transmit() error {
 			return errDisconnect
 		}
 		c.bulk = req.typ == cmdWrite && req.length > readBufferSize
+		if req.typ == cmdWrite {
+			c.writeRun = min(c.writeRun+1, writeRunMin)
+		} else {
+			c.writeRun = 0
+		}
 		if req.typ == cmdWrite && req.length > c.srv.maxPayload() {
 			return fmt.Errorf("write payload of %d bytes is over the %d byte maximum: protocol violation",
 				req.length, c.srv.maxPayload())
@@ -396,6 +409,27 @@ func (c *conn) depthOne() bool {
 		c.calm++
 	}
 	return c.calm == calmWaits && c.gap < hotWait
+}
+
+// smallWrites says whether the client streams writes no larger than the read
+// buffer that the reader runs itself (runInline), at any depth. The reader
+// is then the slower side: each write costs it the payload's read and the
+// storage write, the client only the send. So when it looks for the next
+// request the bytes are usually there already, and when they are not they
+// are microseconds away. Sleeping in read(2) for them is cheaper than
+// parking on the poller, which costs a failed read, an epoll wait, and
+// wake-ups of the runtime's threads; and a read that finds the bytes there is
+// made first without sleeping (sockReader.tryFirst), as a raw system call
+// the runtime does not see. Reads at depth stay on the poller: there the
+// client is the slower side, the reader would sleep before nearly every
+// request and answer each alone, and each of those replies costs the client
+// a wake-up that batching on the poller saves.
+//
+// With 4 KiB writes at depth 32 on two shared cores this took fio from 222
+// to 282 MiB/s and the server from 4.0 to 3.5 s of CPU per GiB.
+func (c *conn) smallWrites() bool {
+	return c.writeRun >= writeRunMin && !c.bulk &&
+		c.fast.Load() >= inlineStreak && c.nInflight.Load() == 0
 }
 
 // runInline says whether the reader should run a request itself rather

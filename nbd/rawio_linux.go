@@ -146,3 +146,17 @@ func (w *sockWriter) advance(n int) {
 		w.bufs[0] = w.bufs[0][n:]
 	}
 }
+
+// rawReadNow is recv(2) with MSG_DONTWAIT: it never sleeps, whatever the
+// socket's mode.
+func rawReadNow(fd uintptr, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+		syscall.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}

@@ -28,8 +28,8 @@ const yieldEvery = 4 * time.Millisecond
 var blockingConns atomic.Int32
 
 // sockReader reads a TCP or Unix socket for the reader goroutine. While the
-// reader says the client is at queue depth 1, or streams writes larger than
-// the read buffer (lone), it switches the socket to blocking mode with a
+// reader says the client is at queue depth 1, or streams writes (lone; see
+// conn.smallWrites), it switches the socket to blocking mode with a
 // hotWait receive timeout, so the thread sleeps in read(2) until the next
 // request arrives, as a thread-per-connection C server does. The rest of a
 // write's payload it reads with MSG_WAITALL: one wake-up when all of it has
@@ -58,6 +58,7 @@ type sockReader struct {
 	n        int
 	err      error
 	lone     bool      // set by the reader before each read: it may sleep in read(2)
+	tryFirst bool      // set with lone: bytes are likely there; read without sleeping first
 	payload  int       // bytes of a write's payload still to come, while the reader reads one
 	blocking bool      // the socket is in blocking mode and counted in blockingConns
 	alone    bool      // blocking on the one processor, which other connections need
@@ -122,7 +123,14 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		r.n, r.err = 0, err
 		return true
 	}
-	for {
+	done := false
+	if r.blocking && r.tryFirst {
+		// Bytes that are there cost no sleep and no system call the
+		// runtime sees; only when none are does the reader sleep below.
+		r.n, r.err = rawReadNow(fd, r.p)
+		done = r.err != unix.EAGAIN && r.err != unix.EINTR
+	}
+	for !done {
 		if r.blocking && r.payload > 0 && len(r.p) <= r.payload {
 			// The rest of a payload, straight into place: sleep until all
 			// of it has come (or the receive timeout), not for each segment.
@@ -132,9 +140,7 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		} else {
 			r.n, r.err = rawRead(fd, r.p) // see rawio_linux.go
 		}
-		if r.err != unix.EINTR {
-			break
-		}
+		done = r.err != unix.EINTR
 	}
 	if r.err != unix.EAGAIN {
 		if r.n > 0 && r.payload > 0 {

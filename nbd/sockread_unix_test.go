@@ -205,6 +205,125 @@ func TestBulkWritesSleepForWholePayload(t *testing.T) {
 	}
 }
 
+// A stream of small writes that the reader runs itself sleeps in read(2)
+// at any depth (conn.smallWrites), and a read ends it: the reader is back on
+// the poller at its next wait, not by the receive timeout. A payload that
+// comes in pieces, first with the header, then with nothing after it,
+// arrives intact, and its reply follows the rest at once.
+func TestSmallWritesSleepInRead(t *testing.T) {
+	const wait = 400 * time.Millisecond
+	lengthenHotWait(t, wait, 2)
+	mem := newMem(testSize)
+	addr := startServer(t, &Server{}, memExport("disk", mem))
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+
+	const n = 512
+	payload := func(seed int) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(i*7 + seed)
+		}
+		return p
+	}
+	var next uint64 = 1
+	stream := func(why string) {
+		t.Helper()
+		// In one write: one read brings several, so the client is deeper
+		// than 1 and depth-1 mode is not what puts the reader to sleep.
+		const k = writeRunMin + 4
+		var all []byte
+		for i := range k {
+			var h [requestLen]byte
+			encodeRequest(&h, request{typ: cmdWrite, handle: next + uint64(i), offset: (next + uint64(i)) * n, length: n})
+			all = append(append(all, h[:]...), payload(int(next)+i)...)
+		}
+		tc.write(all)
+		for range k {
+			if e, h := tc.simple(); e != 0 || h < next || h >= next+k {
+				t.Fatalf("%s: small write = errno %d handle %d", why, e, h)
+			}
+		}
+		for i := range uint64(k) {
+			if !bytes.Equal(mem.bytesAt(int((next+i)*n), n), payload(int(next+i))) {
+				t.Fatalf("%s: write %d: other data stored than sent", why, next+i)
+			}
+		}
+		next += k
+	}
+	// A storage call slow enough to end the streak of calls served from
+	// memory (they happen under load and -race) sends writes to workers
+	// until the streak is back, so this tries a few streams.
+	streamUntilBlocking := func(why string) {
+		t.Helper()
+		for range 8 {
+			stream(why)
+			if blockingWithin(1, wait/4) {
+				return
+			}
+		}
+		t.Fatalf("%s: %d connection(s) in blocking mode after 8 streams, want 1", why, blockingConns.Load())
+	}
+
+	waitBlocking(t, 0, 2*wait, "after the reads at depth 1 went quiet")
+	streamUntilBlocking("a stream of small writes at depth")
+	tc.smallRead(next)
+	waitBlocking(t, 0, wait/4, "a read after small writes")
+
+	streamUntilBlocking("small writes again")
+	for i, first := range []int{n / 3, 0} {
+		h := next
+		var hdr [requestLen]byte
+		encodeRequest(&hdr, request{typ: cmdWrite, handle: h, offset: h * n, length: n})
+		p := payload(int(h))
+		tc.write(append(hdr[:], p[:first]...))
+		time.Sleep(wait / 8)
+		if i == 0 {
+			stayBlocking(t, 1, 0, "mid-payload, in a stream of small writes")
+		}
+		tc.write(p[first:])
+		sent := time.Now()
+		if e, got := tc.simple(); e != 0 || got != h {
+			t.Fatalf("split write = errno %d handle %d", e, got)
+		}
+		if d := time.Since(sent); d > wait/4 {
+			t.Errorf("split write %d: reply %v after the rest of the payload was sent", h, d)
+		}
+		if !bytes.Equal(mem.bytesAt(int(h*n), n), p) {
+			t.Fatalf("split write %d: other data stored than sent", h)
+		}
+		next++
+	}
+
+	// A large write after small ones is read as they were until its own
+	// header has been seen: most of its payload at once without sleeping,
+	// then, after a pause, the last few KiB. The payload's rest must be
+	// counted down through the first read too, or the reader would then
+	// wait for a whole buffer the client is not sending.
+	streamUntilBlocking("small writes before a large one")
+	const big = 4 * readBufferSize
+	p := make([]byte, big)
+	for i := range p {
+		p[i] = byte(i * 11)
+	}
+	var hdr [requestLen]byte
+	encodeRequest(&hdr, request{typ: cmdWrite, handle: next, offset: 0, length: big})
+	tc.write(append(hdr[:], p[:big-readBufferSize/2]...))
+	time.Sleep(wait / 8)
+	tc.write(p[big-readBufferSize/2:])
+	sent := time.Now()
+	if e, got := tc.simple(); e != 0 || got != next {
+		t.Fatalf("large write after small ones = errno %d handle %d", e, got)
+	}
+	if d := time.Since(sent); d > wait/4 {
+		t.Errorf("large write after small ones: reply %v after the rest of the payload was sent", d)
+	}
+	if !bytes.Equal(mem.bytesAt(0, big), p) {
+		t.Fatal("large write after small ones: other data stored than sent")
+	}
+}
+
 // With two processors one connection may sleep in read(2), so the runtime
 // always has a processor for the rest.
 func TestBlockingPlacesLeaveAProcessorFree(t *testing.T) {
