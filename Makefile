@@ -37,10 +37,12 @@ build: ## build bin/GOOS-GOARCH/boardnbd (static, stripped, version stamped)
 deps: ## install the real NBD clients and tools the tests use (Debian, as root)
 	.ci/deps
 
-lint: ## gofmt and go vet
+lint: ## gofmt and go vet, here and for a non-Linux Unix and a non-Unix system
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOOS=freebsd $(GO) vet ./nbd/...
+	GOOS=windows $(GO) vet ./nbd/...
 
 test: deps lint ## install test tools, lint, and run every test with the race detector
 	$(GO) test -race -count=1 -timeout 20m ./...

@@ -7,9 +7,10 @@ import "time"
 // sockReader (sockread_unix.go) exists only on Unix; elsewhere
 // newSockReader returns nil and connections read through net.Conn.
 type sockReader struct {
-	lone    bool
-	payload int
-	hide    *pollHide
+	lone     bool
+	tryFirst bool
+	payload  int
+	hide     *pollHide
 }
 
 func newSockReader(any) *sockReader          { return nil }
