@@ -72,6 +72,20 @@ func (tc *tclient) smallRead(h uint64) {
 	tc.read(buf[:])
 }
 
+// fastMemClient lengthens hotWait to wait with two processors, serves one
+// in-memory export, and returns its storage and a client in transmission
+// whose requests the reader runs itself.
+func fastMemClient(t *testing.T, wait time.Duration) (*memBackend, *tclient) {
+	t.Helper()
+	lengthenHotWait(t, wait, 2)
+	mem := newMem(testSize)
+	addr := startServer(t, &Server{}, memExport("disk", mem))
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+	return mem, tc
+}
+
 // stayBlocking checks that the count stays want for d.
 func stayBlocking(t *testing.T, want int32, d time.Duration, why string) {
 	t.Helper()
@@ -150,12 +164,7 @@ func TestDepthOneReaderSleepsInRead(t *testing.T) {
 // to the poller mid-payload.
 func TestBulkWritesSleepForWholePayload(t *testing.T) {
 	const wait = 400 * time.Millisecond
-	lengthenHotWait(t, wait, 2)
-	mem := newMem(testSize)
-	addr := startServer(t, &Server{}, memExport("disk", mem))
-	tc := dialFixed(t, addr)
-	tc.goExport("disk", false)
-	tc.fastStreak(0)
+	mem, tc := fastMemClient(t, wait)
 
 	const n = 4 * readBufferSize
 	payload := func(seed byte) []byte {
@@ -212,12 +221,7 @@ func TestBulkWritesSleepForWholePayload(t *testing.T) {
 // arrives intact, and its reply follows the rest at once.
 func TestSmallWritesSleepInRead(t *testing.T) {
 	const wait = 400 * time.Millisecond
-	lengthenHotWait(t, wait, 2)
-	mem := newMem(testSize)
-	addr := startServer(t, &Server{}, memExport("disk", mem))
-	tc := dialFixed(t, addr)
-	tc.goExport("disk", false)
-	tc.fastStreak(0)
+	mem, tc := fastMemClient(t, wait)
 
 	const n = 512
 	payload := func(seed int) []byte {
