@@ -728,14 +728,21 @@ func TestCrowdedReadsFromMemoryGoInline(t *testing.T) {
 	})
 	tc := dialFixed(t, addr)
 	tc.goExport("disk", false)
+	// Under load an inline read now and then takes long enough to be
+	// judged slow, and a burst or two run on workers again; what must not
+	// happen is staying there. So after 8 bursts the reads must be back to
+	// one at a time within 24 in all.
 	var most []int32
-	for range 8 {
+	for len(most) < 24 {
 		cb.most.Store(0)
 		tc.readBurst(16)
 		most = append(most, cb.most.Load())
+		if len(most) >= 8 && most[len(most)-1] == 1 {
+			break
+		}
 	}
 	if last := most[len(most)-1]; last != 1 {
-		t.Errorf("reads running at once in each burst: %v; want the last burst run one at a time, inline", most)
+		t.Errorf("reads running at once in each burst: %v; want the bursts back to one at a time, inline", most)
 	}
 }
 
