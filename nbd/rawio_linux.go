@@ -10,8 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The socket's reads outside depth-1 blocking mode, and all its writes, are
-// made as raw system calls, which the Go runtime does not see.
+// The socket's reads that cannot sleep (on a non-blocking socket, or with
+// MSG_DONTWAIT in blocking mode: sockReader.tryFirst), and all its writes,
+// are made as raw system calls, which the Go runtime does not see.
 //
 // Why: when a system call lasts more than a few tens of microseconds and
 // no other processor is idle, as on a one-core board, the runtime's monitor
@@ -23,10 +24,10 @@ import (
 // writes and the socket reads raw, and storage reads raw while the reader
 // runs them from memory (backend.CachedReader), 1 MiB reads at depth 8 on
 // one core went from 2.4 to 0.2 context switches per request, and the
-// server's CPU per GiB fell by a seventh. Neither call ever waits: the
-// reads are made on a non-blocking socket and the writes with
-// MSG_DONTWAIT, so each copies what it can and returns, and the caller
-// waits for the socket on the runtime's poller.
+// server's CPU per GiB fell by a seventh. None of these calls ever waits:
+// each copies what it can and returns, and the caller waits for the socket
+// on the runtime's poller, or, in blocking mode, in a read the runtime
+// sees.
 
 // rawRead is read(2) on a non-blocking descriptor.
 func rawRead(fd uintptr, p []byte) (int, error) {
