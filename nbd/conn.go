@@ -354,6 +354,7 @@ func (c *conn) transmit() error {
 			c.hold(s, req.length)
 			if c.sock != nil {
 				c.sock.payload = int(req.length) - c.br.Buffered()
+				c.sock.lag.begin(c.bulk)
 			}
 			_, err := io.ReadFull(c.br, *s.buf)
 			if c.sock != nil {

@@ -10,6 +10,7 @@ type sockReader struct {
 	lone     bool
 	tryFirst bool
 	payload  int
+	lag      lagState
 	hide     *pollHide
 }
 

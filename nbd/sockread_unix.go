@@ -4,6 +4,7 @@ package nbd
 
 import (
 	"io"
+	"net"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -60,6 +61,7 @@ type sockReader struct {
 	lone     bool      // set by the reader before each read: it may sleep in read(2)
 	tryFirst bool      // set with lone: bytes are likely there; read without sleeping first
 	payload  int       // bytes of a write's payload still to come, while the reader reads one
+	lag      lagState  // whether the rest of a bulk write's payload is read late (lagRead)
 	blocking bool      // the socket is in blocking mode and counted in blockingConns
 	alone    bool      // blocking on the one processor, which other connections need
 	timeouts bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
@@ -87,6 +89,8 @@ func newSockReader(nc any) *sockReader {
 		return nil
 	}
 	r := &sockReader{rc: rc, hide: newPollHide()}
+	_, tcp := nc.(*net.TCPConn)
+	r.lag.never = !tcp // poll(2) on a Unix socket ignores the low-water mark
 	r.readFD = r.readOnce
 	return r
 }
@@ -124,14 +128,22 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		return true
 	}
 	done := false
-	if r.blocking && r.tryFirst {
+	rest := r.blocking && r.payload > 0 && len(r.p) <= r.payload
+	if r.blocking && (r.tryFirst || r.lag.lowat != 0 && !rest) {
 		// Bytes that are there cost no sleep and no system call the
 		// runtime sees; only when none are does the reader sleep below.
+		// (After a lagRead the next request's header is there, and a
+		// read that sleeps would wait for the low-water mark.)
 		r.n, r.err = rawReadNow(fd, r.p)
 		done = r.err != unix.EAGAIN && r.err != unix.EINTR
 	}
+	if !done && r.lag.lowat != 0 && !(rest && r.lag.on) {
+		r.lag.unmark(int(fd)) // a read that sleeps must wake for any byte
+	}
 	for !done {
-		if r.blocking && r.payload > 0 && len(r.p) <= r.payload {
+		if rest && r.lag.on {
+			r.n, r.err = r.lag.read(fd, r.p)
+		} else if rest {
 			// The rest of a payload, straight into place: sleep until all
 			// of it has come (or the receive timeout), not for each segment.
 			r.n, _, r.err = unix.Recvfrom(int(fd), r.p, unix.MSG_WAITALL)
@@ -213,6 +225,7 @@ func (r *sockReader) setBlocking(fd int, on bool) error {
 	}
 	// Even if this fails the socket must not be counted: a blocking socket
 	// still sleeps at most hotWait.
+	r.lag.unmark(fd) // the poller's readiness follows the mark too
 	err := r.hide.show(fd)
 	unix.SetNonblock(fd, true)
 	r.blocking, r.alone = false, false
