@@ -103,7 +103,7 @@ func (l *lagState) read(fd uintptr, p []byte) (int, error) {
 	case err == unix.EAGAIN:
 		n = 0
 	case err != nil:
-		return n, err
+		return 0, err
 	case n == len(p):
 		if k == 0 && perr == nil {
 			l.miss() // all of it, but no next request

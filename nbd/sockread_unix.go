@@ -61,7 +61,7 @@ type sockReader struct {
 	lone     bool      // set by the reader before each read: it may sleep in read(2)
 	tryFirst bool      // set with lone: bytes are likely there; read without sleeping first
 	payload  int       // bytes of a write's payload still to come, while the reader reads one
-	lag      lagState  // whether the rest of a bulk write's payload is read late (lagRead)
+	lag      lagState  // whether the rest of a bulk write's payload is read late (lag_linux.go)
 	blocking bool      // the socket is in blocking mode and counted in blockingConns
 	alone    bool      // blocking on the one processor, which other connections need
 	timeouts bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
@@ -132,7 +132,7 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 	if r.blocking && (r.tryFirst || r.lag.lowat != 0 && !rest) {
 		// Bytes that are there cost no sleep and no system call the
 		// runtime sees; only when none are does the reader sleep below.
-		// (After a lagRead the next request's header is there, and a
+		// (After a lagging read the next request's header is there, and a
 		// read that sleeps would wait for the low-water mark.)
 		r.n, r.err = rawReadNow(fd, r.p)
 		done = r.err != unix.EAGAIN && r.err != unix.EINTR
