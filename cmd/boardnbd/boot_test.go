@@ -12,10 +12,11 @@ package main
 //     (structured replies).
 //
 // The root file system's /sbin/init (testdata/boot/root-init) checks a
-// known file, writes a file, a marker and 4 MiB in small direct writes
-// from four writers at once, syncs, remounts read-only, prints
-// "BOARDNBD-BOOT-OK" on the serial console and powers off; the test then
-// reads the three files out of the image with debugfs and runs e2fsck.
+// known file, writes a file, a marker, 8 MiB in large buffered writes and
+// 4 MiB in small direct writes from four writers at once, syncs, remounts
+// read-only, prints "BOARDNBD-BOOT-OK" on the serial console and powers
+// off; the test then reads the four files out of the image with debugfs
+// and runs e2fsck.
 // Every way to fail prints "BOARDNBD-BOOT-FAIL <reason>" and powers off,
 // and every boot is bounded in time, so a broken server gives a reason,
 // not a hang. Subtests prove that for a wrong export name, a read-only
@@ -538,15 +539,19 @@ func (r *bootRun) wantLostWrites(t *testing.T) {
 
 // bootVerifyImage checks an image after a successful boot, with the server
 // stopped: /boardnbd/written is the known file and the line the guest
-// adds, /boardnbd/marker names the boot and checksum, each MiB of
-// /boardnbd/burst repeats its writer's line, and e2fsck -fn finds no
-// problem.
+// adds, /boardnbd/marker names the boot and checksum, /boardnbd/bulk
+// repeats its line for 8 MiB, each MiB of /boardnbd/burst repeats its
+// writer's line, and e2fsck -fn finds no problem.
 func bootVerifyImage(img string, known []byte, sum, nonce string) error {
 	want := append(slices.Clone(known), "written at boot "+nonce+"\n"...)
 	if err := bootDebugfsCat(img, "/boardnbd/written", want); err != nil {
 		return err
 	}
 	if err := bootDebugfsCat(img, "/boardnbd/marker", []byte("booted "+nonce+" known="+sum+"\n")); err != nil {
+		return err
+	}
+	line := []byte("bulk " + nonce + "\n")
+	if err := bootDebugfsCat(img, "/boardnbd/bulk", bytes.Repeat(line, 8<<20/len(line)+1)[:8<<20]); err != nil {
 		return err
 	}
 	var burst []byte
