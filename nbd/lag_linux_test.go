@@ -16,22 +16,6 @@ func lengthenLagWait(t *testing.T, d time.Duration) {
 	t.Cleanup(func() { lagWait = old })
 }
 
-// bulkPayload is n bytes that differ with seed.
-func bulkPayload(n int, seed byte) []byte {
-	p := make([]byte, n)
-	for i := range p {
-		p[i] = byte(i*13) ^ seed
-	}
-	return p
-}
-
-// writeHeader is the header of a write of n bytes at off.
-func writeHeader(h, off uint64, n int) []byte {
-	var b [requestLen]byte
-	encodeRequest(&b, request{typ: cmdWrite, handle: h, offset: off, length: uint32(n)})
-	return b[:]
-}
-
 // noReplyWithin fails if the server sends anything within d.
 func (tc *tclient) noReplyWithin(d time.Duration, why string) {
 	tc.t.Helper()
@@ -72,11 +56,11 @@ func TestBulkWritesLagForTheNextHeader(t *testing.T) {
 	// The first bulk write puts the reader in blocking mode. (No reads at
 	// depth 1 before it: they would have done so already, and its payload
 	// would lag.)
-	tc.write(append(writeHeader(1, 0, n), bulkPayload(n, 1)...))
+	tc.write(append(writeHeader(1, 0, n), testPayload(n, 1)...))
 	tc.replyTo(1, time.Now(), "first bulk write")
 	waitBlocking(t, 1, wait/4, "after a bulk write")
 
-	tc.write(append(writeHeader(2, n, n), bulkPayload(n, 2)...))
+	tc.write(append(writeHeader(2, n, n), testPayload(n, 2)...))
 	tc.noReplyWithin(lag/4, "a bulk write whose next request has not come")
 	sent := time.Now()
 	tc.write(writeHeader(3, 2*n, n))
@@ -84,7 +68,7 @@ func TestBulkWritesLagForTheNextHeader(t *testing.T) {
 		t.Errorf("bulk write 2: reply %v after the next header, want it at once", d)
 	}
 	sent = time.Now()
-	tc.write(bulkPayload(n, 3))
+	tc.write(testPayload(n, 3))
 	d := tc.replyTo(3, sent, "bulk write 3, the last of its burst")
 	if d < lag*3/4 || d > wait/2 {
 		t.Errorf("bulk write 3: reply %v after its payload, want about %v (lagWait)", d, lag)
@@ -93,13 +77,13 @@ func TestBulkWritesLagForTheNextHeader(t *testing.T) {
 	// A miss: the next writes do not lag.
 	for i := range uint64(lagBackoffMin - 1) {
 		sent = time.Now()
-		tc.write(append(writeHeader(4+i, (3+i)*n, n), bulkPayload(n, byte(4+i))...))
+		tc.write(append(writeHeader(4+i, (3+i)*n, n), testPayload(n, byte(4+i))...))
 		if d := tc.replyTo(4+i, sent, "bulk write after a miss"); d > lag/2 {
 			t.Fatalf("bulk write %d after a miss: reply after %v, want it at once", 4+i, d)
 		}
 	}
 	for i := range lagBackoffMin + 2 {
-		if off := i * n; !bytes.Equal(mem.bytesAt(off, n), bulkPayload(n, byte(i+1))) {
+		if off := i * n; !bytes.Equal(mem.bytesAt(off, n), testPayload(n, byte(i+1))) {
 			t.Fatalf("bulk write %d: other data stored than sent", i+1)
 		}
 	}
@@ -127,7 +111,7 @@ func TestLaggingReadsGetEveryByte(t *testing.T) {
 		tc.u32(flagCFixedNewstyle | flagCNoZeroes)
 		tc.goExport("disk", false)
 		for h := range uint64(2) {
-			tc.write(append(writeHeader(h+1, h*n, n), bulkPayload(n, byte(h+1))...))
+			tc.write(append(writeHeader(h+1, h*n, n), testPayload(n, byte(h+1))...))
 			if h == 1 {
 				tc.write(writeHeader(3, 2*n, n))
 			}
@@ -144,14 +128,14 @@ func TestLaggingReadsGetEveryByte(t *testing.T) {
 	}
 	check := func(what string, off, h int) {
 		t.Helper()
-		if !bytes.Equal(mem.bytesAt(off, n), bulkPayload(n, byte(h))) {
+		if !bytes.Equal(mem.bytesAt(off, n), testPayload(n, byte(h))) {
 			t.Fatalf("%s: other data stored than sent", what)
 		}
 	}
 
 	// Write 3's rest stops short for longer than lagWait.
 	tc := lagging("tcp", tcpAddr)
-	p := bulkPayload(n, 3)
+	p := testPayload(n, 3)
 	tc.write(p[:n/2])
 	time.Sleep(lag + lag/2)
 	sent := time.Now()
@@ -167,7 +151,7 @@ func TestLaggingReadsGetEveryByte(t *testing.T) {
 	tc = lagging("tcp", tcpAddr)
 	var h4 [requestLen]byte
 	encodeRequest(&h4, request{typ: cmdRead, handle: 4, offset: 2 * n, length: 512})
-	tc.write(append(bulkPayload(n, 3), h4[:10]...))
+	tc.write(append(testPayload(n, 3), h4[:10]...))
 	tc.replyTo(3, time.Now(), "a write followed by part of a header")
 	time.Sleep(lag / 2)
 	sent = time.Now()
@@ -178,7 +162,7 @@ func TestLaggingReadsGetEveryByte(t *testing.T) {
 	got := make([]byte, 512)
 	tc.read(got)
 	check("a write followed by part of a header", 2*n, 3)
-	if !bytes.Equal(got, bulkPayload(n, 3)[:512]) {
+	if !bytes.Equal(got, testPayload(n, 3)[:512]) {
 		t.Fatal("a read after a lagging write: other data than written")
 	}
 	done(tc, "tcp")
@@ -186,7 +170,7 @@ func TestLaggingReadsGetEveryByte(t *testing.T) {
 	// Over a Unix socket the payload is read as it comes.
 	tc = lagging("unix", unixAddr)
 	for h := 3; h < 3+8; h++ {
-		tc.write(bulkPayload(n, byte(h)))
+		tc.write(testPayload(n, byte(h)))
 		tc.write(writeHeader(uint64(h+1), uint64(h)*n, n))
 		tc.replyTo(uint64(h), time.Now(), "bulk write over a Unix socket")
 		check("bulk write over a Unix socket", (h-1)*n, h)

@@ -86,6 +86,22 @@ func fastMemClient(t *testing.T, wait time.Duration) (*memBackend, *tclient) {
 	return mem, tc
 }
 
+// testPayload is n bytes that differ with seed.
+func testPayload(n int, seed byte) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(i*13) ^ seed
+	}
+	return p
+}
+
+// writeHeader is the header of a write of n bytes at off.
+func writeHeader(h, off uint64, n int) []byte {
+	var b [requestLen]byte
+	encodeRequest(&b, request{typ: cmdWrite, handle: h, offset: off, length: uint32(n)})
+	return b[:]
+}
+
 // stayBlocking checks that the count stays want for d.
 func stayBlocking(t *testing.T, want int32, d time.Duration, why string) {
 	t.Helper()
@@ -167,13 +183,7 @@ func TestBulkWritesSleepForWholePayload(t *testing.T) {
 	mem, tc := fastMemClient(t, wait)
 
 	const n = 4 * readBufferSize
-	payload := func(seed byte) []byte {
-		p := make([]byte, n)
-		for i := range p {
-			p[i] = byte(i*13) ^ seed
-		}
-		return p
-	}
+	payload := func(seed byte) []byte { return testPayload(n, seed) }
 	tc.request(0, cmdWrite, 1, 0, n, payload(1))
 	if e, h := tc.simple(); e != 0 || h != 1 {
 		t.Fatalf("first bulk write = errno %d handle %d", e, h)
@@ -185,9 +195,7 @@ func TestBulkWritesSleepForWholePayload(t *testing.T) {
 		pause := c.pause
 		off := uint64(i+1) * n
 		p := payload(byte(i + 2))
-		var h [requestLen]byte
-		encodeRequest(&h, request{typ: cmdWrite, handle: uint64(i + 2), offset: off, length: n})
-		tc.write(append(h[:], p[:c.first]...))
+		tc.write(append(writeHeader(uint64(i+2), off, n), p[:c.first]...))
 		if i == 0 {
 			waitBlocking(t, 1, pause/2, "mid-payload, in a bulk stream")
 		}
@@ -224,13 +232,7 @@ func TestSmallWritesSleepInRead(t *testing.T) {
 	mem, tc := fastMemClient(t, wait)
 
 	const n = 512
-	payload := func(seed int) []byte {
-		p := make([]byte, n)
-		for i := range p {
-			p[i] = byte(i*7 + seed)
-		}
-		return p
-	}
+	payload := func(seed int) []byte { return testPayload(n, byte(seed)) }
 	var next uint64 = 1
 	stream := func(why string) {
 		t.Helper()
@@ -239,9 +241,8 @@ func TestSmallWritesSleepInRead(t *testing.T) {
 		const k = writeRunMin + 4
 		var all []byte
 		for i := range k {
-			var h [requestLen]byte
-			encodeRequest(&h, request{typ: cmdWrite, handle: next + uint64(i), offset: (next + uint64(i)) * n, length: n})
-			all = append(append(all, h[:]...), payload(int(next)+i)...)
+			h := next + uint64(i)
+			all = append(append(all, writeHeader(h, h*n, n)...), payload(int(h))...)
 		}
 		tc.write(all)
 		for range k {
@@ -303,10 +304,8 @@ func TestSmallWritesSleepInRead(t *testing.T) {
 	streamUntilBlocking("small writes again")
 	for i, first := range []int{n / 3, 0} {
 		h := next
-		var hdr [requestLen]byte
-		encodeRequest(&hdr, request{typ: cmdWrite, handle: h, offset: h * n, length: n})
 		p := payload(int(h))
-		tc.write(append(hdr[:], p[:first]...))
+		tc.write(append(writeHeader(h, h*n, n), p[:first]...))
 		time.Sleep(wait / 8)
 		if k := blockingConns.Load(); i == 0 && k != 1 {
 			t.Fatalf("mid-payload, in a stream of small writes: %d connection(s) in blocking mode, want 1", k)
@@ -332,13 +331,8 @@ func TestSmallWritesSleepInRead(t *testing.T) {
 	// wait for a whole buffer the client is not sending.
 	streamUntilBlocking("small writes before a large one")
 	const big = 4 * readBufferSize
-	p := make([]byte, big)
-	for i := range p {
-		p[i] = byte(i * 11)
-	}
-	var hdr [requestLen]byte
-	encodeRequest(&hdr, request{typ: cmdWrite, handle: next, offset: 0, length: big})
-	tc.write(append(hdr[:], p[:big-readBufferSize/2]...))
+	p := testPayload(big, 0xa5)
+	tc.write(append(writeHeader(next, 0, big), p[:big-readBufferSize/2]...))
 	time.Sleep(wait / 8)
 	tc.write(p[big-readBufferSize/2:])
 	sent := time.Now()
