@@ -35,6 +35,8 @@ var blockingConns atomic.Int32
 // request arrives, as a thread-per-connection C server does. The rest of a
 // write's payload it reads with MSG_WAITALL: one wake-up when all of it has
 // come, rather than one per segment and a trip through the poller between.
+// Over TCP, for a client that pipelines bulk writes, it waits a little
+// longer, for the next request's header too (lagState, lag_linux.go).
 //
 // Why: parking on the network poller between requests leaves the process
 // idle, and at depth 1 that costs more than the request: the poller's
