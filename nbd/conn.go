@@ -91,6 +91,11 @@ type conn struct {
 	optBuf   [512]byte
 	begun    time.Time
 
+	// smallRead says the last request was a read no larger than the read
+	// buffer; the reader's waits after such reads may gather (readsGather).
+	smallRead bool
+	gathering gatherState
+
 	// Negotiated during the handshake.
 	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
 	tls        bool // NBD_OPT_STARTTLS succeeded
@@ -303,6 +308,11 @@ func (c *conn) transmit() error {
 				c.sock.lone = one || c.bulk || small
 				c.sock.tryFirst = small && !one
 				waitFrom = time.Now()
+				if !one && !small && c.readsGather() {
+					n, d := c.gathering.next(waitFrom, c.batch)
+					c.sock.gather, c.sock.gatherIn = max(n*requestLen-c.br.Buffered(), 0), d
+					c.sock.met, c.sock.gathered = false, 0
+				}
 			}
 			c.batch = 0
 		}
@@ -323,6 +333,10 @@ func (c *conn) transmit() error {
 			return err
 		}
 		if waiting && c.sock != nil {
+			if c.sock.gatherIn != 0 {
+				c.gathering.result(c.sock.met, c.sock.gathered/requestLen)
+				c.sock.gatherIn = 0
+			}
 			now := time.Now()
 			c.gap = now.Sub(waitFrom)
 			c.sock.tick(now)
@@ -335,6 +349,7 @@ func (c *conn) transmit() error {
 			return errDisconnect
 		}
 		c.bulk = req.typ == cmdWrite && req.length > readBufferSize
+		c.smallRead = req.typ == cmdRead && req.length <= readBufferSize
 		if req.typ == cmdWrite {
 			c.writeRun = min(c.writeRun+1, writeRunMin)
 		} else {
@@ -431,6 +446,15 @@ func (c *conn) depthOne() bool {
 func (c *conn) smallWrites() bool {
 	return c.writeRun >= writeRunMin && !c.bulk &&
 		c.fast.Load() >= inlineStreak && c.nInflight.Load() == 0
+}
+
+// readsGather says whether the reader, about to wait for the client, may
+// wait for a batch of requests (gatherState): it has answered every
+// request, runs them itself from memory, and the last was a small read.
+// Only the reader calls it, in poller mode.
+func (c *conn) readsGather() bool {
+	return c.smallRead && c.nInflight.Load() == 0 &&
+		c.fast.Load() >= inlineStreak && c.sock.canGather()
 }
 
 // runInline says whether the reader should run a request itself rather

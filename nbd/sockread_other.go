@@ -11,6 +11,10 @@ type sockReader struct {
 	tryFirst bool
 	payload  int
 	lag      lagState
+	gather   int
+	gatherIn time.Duration
+	met      bool
+	gathered int
 	hide     *pollHide
 }
 

@@ -36,7 +36,9 @@ var blockingConns atomic.Int32
 // write's payload it reads with MSG_WAITALL: one wake-up when all of it has
 // come, rather than one per segment and a trip through the poller between.
 // Over TCP, for a client that pipelines bulk writes, it waits a little
-// longer, for the next request's header too (lagState, lag_linux.go).
+// longer, for the next request's header too (lagState, lag_linux.go); for
+// one that keeps many small reads in flight, for a batch of them
+// (gatherState).
 //
 // Why: parking on the network poller between requests leaves the process
 // idle, and at depth 1 that costs more than the request: the poller's
@@ -69,6 +71,14 @@ type sockReader struct {
 	timeouts bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
 	hide     *pollHide // shared with the connection's sockWriter
 	yielded  time.Time
+
+	// A gathering read (gatherRead, gather_linux.go), asked for by the
+	// reader before a read that may wait: it waits up to gatherIn for
+	// gather bytes. Its results: whether they all came, and the bytes read.
+	gather   int
+	gatherIn time.Duration
+	met      bool
+	gathered int
 }
 
 // rawConnOf returns nc's descriptor access, or nil if nc is not a socket.
@@ -130,6 +140,11 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		return true
 	}
 	done := false
+	if r.gather > 0 && !r.blocking {
+		r.gatherRead(fd)
+		done = r.err != unix.EINTR
+	}
+	r.gather = 0
 	rest := r.blocking && r.payload > 0 && len(r.p) <= r.payload
 	if r.blocking && (r.tryFirst || r.lag.lowat != 0 && !rest) {
 		// Bytes that are there cost no sleep and no system call the
