@@ -434,7 +434,9 @@ func runFio(t *testing.T, fio string, args ...string) (fioJob, toolResult) {
 // TestInteropFio: fio's nbd engine writes 4 KiB blocks at random with 32
 // requests in flight, reads every one back and checks its CRC; reads at
 // random; and, after one byte of the file is changed, a verify pass
-// through the server finds exactly that block.
+// through the server finds exactly that block. The verify passes read 4
+// KiB at depth 32, where the server gathers reads in batches (nbd's
+// gatherState).
 func TestInteropFio(t *testing.T) {
 	fio := requireFioNBD(t)
 	const size = 32 * miB
