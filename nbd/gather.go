@@ -45,9 +45,9 @@ const (
 // failed read, a wait on the runtime's poller and a reply write every
 // request or two; the client pays a wake-up for each of those writes. On
 // two shared cores server and client then fill both, and the server's
-// share is what the client does not get. With 4 KiB reads at depth 32, a
-// batch of 16 halved the server's CPU per request and took a tenth off the
-// client's.
+// share is what the client does not get. With fio's 4 KiB reads at depth
+// 32 on two shared cores, gathering took the server's CPU from 4.2 to 2.5 s
+// per GiB, the client's by a seventh, and the rate from 203 to 248 MiB/s.
 //
 // Why only at depth: the batch is at most half the client's depth, so
 // while the reader waits for it the client still has the other half of its
