@@ -188,7 +188,11 @@ func judge(res *results, servers []string, f *footprint) []verdict {
 		r := ratio(b, p)
 		v := verdict{target: target, state: "n/a"}
 		if !math.IsNaN(r) && has(srvBoardnbd) {
-			v.detail = fmt.Sprintf("%s %s vs %s %s (%s)", formatValue(b), m.name, peer, formatValue(p), formatRatio(r))
+			v.detail = fmt.Sprintf("%s %s vs %s %s (%s", formatValue(b), m.name, peer, formatValue(p), formatRatio(r))
+			if lo, hi := pairedRange(res.samples(wl.key, m, srvBoardnbd), res.samples(wl.key, m, peer)); !math.IsNaN(lo) {
+				v.detail += fmt.Sprintf("; per round %s–%s", formatRatio(lo), formatRatio(hi))
+			}
+			v.detail += ")"
 			if m.higher {
 				v.state = passFail(r >= factor)
 			} else {
@@ -251,6 +255,24 @@ func overlap(a, b []float64, factor float64) bool {
 		return false
 	}
 	return slices.Max(a) >= factor*slices.Min(b) && slices.Min(a) <= factor*slices.Max(b)
+}
+
+// pairedRange is the least and the greatest ratio of a[i] to b[i], the
+// two servers' figures of the same round, which ran seconds apart, one
+// after the other, where the medians draw on rounds minutes apart: a
+// machine whose speed drifts moves both figures of a pair alike. NaN if
+// fewer than two rounds have both figures.
+func pairedRange(a, b []float64) (lo, hi float64) {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		if r := ratio(a[i], b[i]); !math.IsNaN(r) {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) < 2 {
+		return math.NaN(), math.NaN()
+	}
+	return slices.Min(rs), slices.Max(rs)
 }
 
 // losses lists the figures where a peer beats boardnbd.
@@ -417,7 +439,8 @@ func (b *bench) report(w io.Writer, cmdline, loadStart string, took time.Duratio
 		"not the server, limits that workload's figures, and the servers' CPU columns compare them better than their IOPS.")
 	if b.set.rounds > 1 {
 		fmt.Fprintln(w, "- spread: (max − min) / median of a figure over the rounds, for the server where it is largest. "+
-			"Other work on the machine shows up here. A target verdict says \"rounds overlap\" when the two servers' rounds share a range, so that their order may be noise.")
+			"Other work on the machine shows up here. A target verdict says \"rounds overlap\" when the two servers' rounds share a range, so that their order may be noise; "+
+			"its \"per round\" range is boardnbd's figure over the peer's from the same round, run seconds apart, which drift in the machine's speed moves alike.")
 	}
 	fmt.Fprintln(w)
 

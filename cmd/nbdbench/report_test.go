@@ -138,8 +138,15 @@ func TestJudge(t *testing.T) {
 	servers := []string{srvBoardnbd, srvNbdkit, srvNbdServer}
 	f := &footprint{exports: 8, idle: 7 << 20, conns: []connRSS{{100, 7<<20 + 100*20<<10}, {1000, 7<<20 + 1000*66<<10}}}
 	got := map[string]string{}
+	details := map[string]string{}
 	for _, v := range judge(sampleResults(), servers, f) {
 		got[v.target] = v.state
+		details[v.target] = v.detail
+	}
+	// Each round's figure against the best peer's of the same round.
+	if d, want := details["seq read, 4 conns (nbdcopy): MiB/s ≥ best peer"],
+		"1000 MiB/s ↑ vs nbdkit 800 (1.25×; per round 1.12×–1.38×)"; d != want {
+		t.Errorf("judge: seq read detail %q, want %q", d, want)
 	}
 	want := map[string]string{
 		"seq read, 4 conns (nbdcopy): MiB/s ≥ best peer":                     "PASS",
@@ -181,6 +188,28 @@ func TestOverlap(t *testing.T) {
 		})
 	}
 }
+
+func TestPairedRange(t *testing.T) {
+	tests := []struct {
+		name   string
+		a, b   []float64
+		lo, hi float64 // NaN for none
+	}{
+		{"by round, not sorted", []float64{10, 30, 20}, []float64{20, 30, 10}, 0.5, 2},
+		{"failed rounds skipped", []float64{10, nan, 12, 9}, []float64{5, 5, nan, 9}, 1, 2},
+		{"one pair", []float64{10, nan}, []float64{5, 5}, nan, nan},
+		{"unequal lengths", []float64{10, 20, 30}, []float64{10, 10}, 1, 2},
+	}
+	for _, tt := range tests {
+		lo, hi := pairedRange(tt.a, tt.b)
+		if !sameFloat(lo, tt.lo) || !sameFloat(hi, tt.hi) {
+			t.Errorf("%s: pairedRange(%v, %v) = %v, %v, want %v, %v", tt.name, tt.a, tt.b, lo, hi, tt.lo, tt.hi)
+		}
+	}
+}
+
+// sameFloat is ==, with NaN equal to NaN.
+func sameFloat(a, b float64) bool { return a == b || math.IsNaN(a) && math.IsNaN(b) }
 
 func TestLosses(t *testing.T) {
 	servers := []string{srvBoardnbd, srvNbdkit, srvNbdServer}
