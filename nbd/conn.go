@@ -311,7 +311,6 @@ func (c *conn) transmit() error {
 				if !one && !small && c.readsGather() {
 					n, d := c.gathering.next(waitFrom, c.batch)
 					c.sock.gather, c.sock.gatherIn = max(n*requestLen-c.br.Buffered(), 0), d
-					c.sock.met, c.sock.gathered = false, 0
 				}
 			}
 			c.batch = 0
@@ -369,7 +368,7 @@ func (c *conn) transmit() error {
 			c.hold(s, req.length)
 			if c.sock != nil {
 				c.sock.payload = int(req.length) - c.br.Buffered()
-				c.sock.lag.begin(c.bulk)
+				c.sock.lag.begin(c.bulk && c.sock.canMark())
 			}
 			_, err := io.ReadFull(c.br, *s.buf)
 			if c.sock != nil {
@@ -454,7 +453,7 @@ func (c *conn) smallWrites() bool {
 // Only the reader calls it, in poller mode.
 func (c *conn) readsGather() bool {
 	return c.smallRead && c.nInflight.Load() == 0 &&
-		c.fast.Load() >= inlineStreak && c.sock.canGather()
+		c.fast.Load() >= inlineStreak && c.sock.canMark()
 }
 
 // runInline says whether the reader should run a request itself rather

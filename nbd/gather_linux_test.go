@@ -79,7 +79,7 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 	const within = 300 * time.Millisecond
 	client, server := tcpPair(t)
 	r := newSockReader(server)
-	if !r.canGather() {
+	if !r.canMark() {
 		t.Fatal("a TCP socket cannot gather")
 	}
 	hdrs := func(n int) []byte { return make([]byte, n*requestLen) }
@@ -145,7 +145,7 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer u.Close()
-	if newSockReader(u).canGather() {
+	if newSockReader(u).canMark() {
 		t.Error("a Unix socket can gather")
 	}
 }

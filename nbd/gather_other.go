@@ -4,5 +4,4 @@ package nbd
 
 // Elsewhere reads do not gather (gather_linux.go).
 
-func (r *sockReader) canGather() bool    { return false }
 func (r *sockReader) gatherRead(uintptr) { panic("nbd: gatherRead without gathering") }

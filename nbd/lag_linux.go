@@ -36,8 +36,8 @@ const (
 // A read of the rest with MSG_WAITALL may not sleep with the mark set: the
 // bytes it copies before sleeping no longer count toward the mark, so it
 // would sleep to the receive timeout with everything there. So the mark is
-// taken away before any read that can sleep (unmark), and the rest is read
-// without sleeping after the ppoll.
+// taken away before any read that can sleep (lowMark.clear), and the rest
+// is read without sleeping after the ppoll.
 //
 // A miss ends the lag for a while (backoff): the rest came but the header
 // did not (a burst ended, or the client waits for each reply), or the rest
@@ -45,20 +45,18 @@ const (
 // segments come far apart and the lag would save nothing).
 type lagState struct {
 	on      bool // the payload being read lags
-	never   bool // the socket is not TCP
-	lowat   int  // the socket's SO_RCVLOWAT as set; 0 for the default
 	off     int  // payloads to go before lagging again
 	backoff int
-	fds     [1]unix.PollFd
 }
 
 // begin is called before each payload's read: bulk says it is a large
-// write's in a stream of them, read in blocking mode.
+// write's in a stream of them, read in blocking mode from a socket that
+// can wait on its low-water mark.
 func (l *lagState) begin(bulk bool) {
 	if l.off > 0 {
 		l.off--
 	}
-	l.on = bulk && l.off == 0 && !l.never
+	l.on = bulk && l.off == 0
 }
 
 // miss puts lagging off.
@@ -68,36 +66,14 @@ func (l *lagState) miss() {
 	l.off = l.backoff
 }
 
-// mark sets the socket's low-water mark to v bytes, and says whether the
-// kernel took all of it (it caps the mark at half its largest receive
-// buffer).
-func (l *lagState) mark(fd, v int) bool {
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, v) != nil {
-		return false
-	}
-	l.lowat = v
-	got, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT)
-	return err == nil && got >= v
-}
-
-// unmark gives the socket back its default low-water mark.
-func (l *lagState) unmark(fd int) {
-	if l.lowat != 0 {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
-		l.lowat = 0
-	}
-}
-
 // read reads p, the rest of a payload, on a socket in blocking mode: once
 // the next request's header has come after it, or lagWait.
-func (l *lagState) read(fd uintptr, p []byte) (int, error) {
-	if want := len(p) + requestLen; l.lowat != want && !l.mark(int(fd), want) {
+func (l *lagState) read(m *lowMark, fd uintptr, p []byte) (int, error) {
+	timedOut, ok := m.wait(fd, len(p)+requestLen, lagWait)
+	if !ok {
 		l.miss()
-		return l.readRest(fd, p, 0)
+		return l.readRest(m, fd, p, 0)
 	}
-	l.fds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
-	ts := unix.NsecToTimespec(int64(lagWait))
-	k, perr := unix.Ppoll(l.fds[:], &ts, nil)
 	n, err := rawReadNow(fd, p)
 	switch {
 	case err == unix.EAGAIN:
@@ -105,7 +81,7 @@ func (l *lagState) read(fd uintptr, p []byte) (int, error) {
 	case err != nil:
 		return 0, err
 	case n == len(p):
-		if k == 0 && perr == nil {
+		if timedOut {
 			l.miss() // all of it, but no next request
 		} else {
 			l.backoff = 0
@@ -113,12 +89,12 @@ func (l *lagState) read(fd uintptr, p []byte) (int, error) {
 		return n, nil
 	}
 	l.miss() // the rest is slow to come
-	return l.readRest(fd, p, n)
+	return l.readRest(m, fd, p, n)
 }
 
 // readRest reads p[n:] the usual way, with MSG_WAITALL and no mark.
-func (l *lagState) readRest(fd uintptr, p []byte, n int) (int, error) {
-	l.unmark(int(fd))
+func (l *lagState) readRest(m *lowMark, fd uintptr, p []byte, n int) (int, error) {
+	m.clear(int(fd))
 	k, _, err := unix.Recvfrom(int(fd), p[n:], unix.MSG_WAITALL)
 	if k > 0 {
 		n += k

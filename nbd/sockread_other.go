@@ -11,6 +11,7 @@ type sockReader struct {
 	tryFirst bool
 	payload  int
 	lag      lagState
+	mark     lowMark
 	gather   int
 	gatherIn time.Duration
 	met      bool

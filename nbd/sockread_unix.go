@@ -66,6 +66,7 @@ type sockReader struct {
 	tryFirst bool      // set with lone: bytes are likely there; read without sleeping first
 	payload  int       // bytes of a write's payload still to come, while the reader reads one
 	lag      lagState  // whether the rest of a bulk write's payload is read late (lag_linux.go)
+	mark     lowMark   // the socket's low-water mark, for lag and gathering (lowmark_linux.go)
 	blocking bool      // the socket is in blocking mode and counted in blockingConns
 	alone    bool      // blocking on the one processor, which other connections need
 	timeouts bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
@@ -102,7 +103,7 @@ func newSockReader(nc any) *sockReader {
 	}
 	r := &sockReader{rc: rc, hide: newPollHide()}
 	_, tcp := nc.(*net.TCPConn)
-	r.lag.never = !tcp // poll(2) on a Unix socket ignores the low-water mark
+	r.mark.never = !tcp // poll(2) on a Unix socket ignores the low-water mark
 	r.readFD = r.readOnce
 	return r
 }
@@ -146,7 +147,7 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 	}
 	r.gather = 0
 	rest := r.blocking && r.payload > 0 && len(r.p) <= r.payload
-	if r.blocking && (r.tryFirst || r.lag.lowat != 0 && !rest) {
+	if r.blocking && (r.tryFirst || r.mark.v != 0 && !rest) {
 		// Bytes that are there cost no sleep and no system call the
 		// runtime sees; only when none are does the reader sleep below.
 		// (After a lagging read the next request's header is there, and a
@@ -154,12 +155,12 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		r.n, r.err = rawReadNow(fd, r.p)
 		done = r.err != unix.EAGAIN && r.err != unix.EINTR
 	}
-	if !done && r.lag.lowat != 0 && !(rest && r.lag.on) {
-		r.lag.unmark(int(fd)) // a read that sleeps must wake for any byte
+	if !done && r.mark.v != 0 && !(rest && r.lag.on) {
+		r.mark.clear(int(fd)) // a read that sleeps must wake for any byte
 	}
 	for !done {
 		if rest && r.lag.on {
-			r.n, r.err = r.lag.read(fd, r.p)
+			r.n, r.err = r.lag.read(&r.mark, fd, r.p)
 		} else if rest {
 			// The rest of a payload, straight into place: sleep until all
 			// of it has come (or the receive timeout), not for each segment.
@@ -242,7 +243,7 @@ func (r *sockReader) setBlocking(fd int, on bool) error {
 	}
 	// Even if this fails the socket must not be counted: a blocking socket
 	// still sleeps at most hotWait.
-	r.lag.unmark(fd) // the poller's readiness follows the mark too
+	r.mark.clear(fd) // the poller's readiness follows the mark too
 	err := r.hide.show(fd)
 	unix.SetNonblock(fd, true)
 	r.blocking, r.alone = false, false
