@@ -405,8 +405,12 @@ func (b *bench) runCopy(ctx context.Context, w workload, s *server) (map[metric]
 		b.progress("%s %s: nbdcopy stopped after %s at %d%%", w.title, s.name, b.set.copyTimeout, done)
 	}
 	vals := map[metric]float64{
-		mMiBs:   bytes / mib / wall.Seconds(),
-		mCPUGiB: cpu.Seconds() / (bytes / gib),
+		mMiBs:    bytes / mib / wall.Seconds(),
+		mCPUGiB:  cpu.Seconds() / (bytes / gib),
+		mCopyCPU: math.NaN(),
+	}
+	if ps := cmd.ProcessState; ps != nil {
+		vals[mCopyCPU] = 100 * (ps.UserTime() + ps.SystemTime()).Seconds() / wall.Seconds()
 	}
 	if partial {
 		b.res.markPartial(w.key, s.name, done)

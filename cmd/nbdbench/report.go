@@ -437,6 +437,9 @@ func (b *bench) report(w io.Writer, cmdline, loadStart string, took time.Duratio
 		"in 10 ms ticks, over the client's run.")
 	fmt.Fprintln(w, "- fio CPU: fio's own usr_cpu + sys_cpu for its one job, in % of one core. Near 100% the client, "+
 		"not the server, limits that workload's figures, and the servers' CPU columns compare them better than their IOPS.")
+	fmt.Fprintln(w, "- nbdcopy CPU: nbdcopy's user and system time (all its threads, from the kernel's accounting when it exits) "+
+		"over its wall time, in % of one core; with more than one core for the clients it may pass 100. "+
+		"Near the client cores' limit, the client limits that workload.")
 	if b.set.rounds > 1 {
 		fmt.Fprintln(w, "- spread: (max − min) / median of a figure over the rounds, for the server where it is largest. "+
 			"Other work on the machine shows up here. A target verdict says \"rounds overlap\" when the two servers' rounds share a range, so that their order may be noise; "+

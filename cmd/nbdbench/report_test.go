@@ -91,6 +91,9 @@ func sampleResults() *results {
 	add(wSeqRead4, mCPUGiB, srvBoardnbd, 0.5, 0.5, 0.5)
 	add(wSeqRead4, mCPUGiB, srvNbdkit, 0.4, 0.4, 0.4)
 	add(wSeqRead4, mCPUGiB, srvNbdServer, 1, 1, 1)
+	add(wSeqRead4, mCopyCPU, srvBoardnbd, 98, 99, 100) // the client's too
+	add(wSeqRead4, mCopyCPU, srvNbdkit, 97, 97, 97)
+	add(wSeqRead4, mCopyCPU, srvNbdServer, 80, 80, 80)
 	add(wRandRead1, mIOPS, srvBoardnbd, 20000, 20000, math.NaN())
 	add(wRandRead1, mIOPS, srvNbdkit, 10000, 10000, 10000)
 	add(wRandRead1, mIOPS, srvNbdServer, 15000, 15000, 15000)
@@ -115,6 +118,7 @@ func TestResultTable(t *testing.T) {
 | --------------------------- | ------------------------ | -------- | ------ | ---------- | ---------- | -------------------- | ----------------- | ---------------- |
 | seq read, 4 conns (nbdcopy) | MiB/s ↑                  | 1000     | 800    | 500 † ‡    | nbdkit     | 1.25×                | 1.25×             | 20% boardnbd     |
 |                             | server CPU s/GiB ↓       | 0.500    | 0.400  | 1.00 † ‡   | nbdkit     | 1.25×                | 1.25×             | 0%               |
+|                             | nbdcopy CPU % of a core  | 99.0     | 97.0   | 80.0 † ‡   | –          | –                    | –                 | 2% boardnbd      |
 | 4k random read, QD1 (fio)   | IOPS ↑                   | 20000    | 10000  | 15000      | nbd-server | 1.33×                | 2.00×             | 0%               |
 |                             | p99 latency µs ↓         | 50.0     | 100    | 60.0       | nbd-server | 0.83×                | 0.50×             | 0%               |
 |                             | server CPU ms/1000 I/O ↓ | 30.0     | 30.0   | 40.0       | nbdkit     | 1.00×                | 1.00×             | 0%               |

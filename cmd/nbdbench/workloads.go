@@ -22,6 +22,9 @@ var (
 	// fio's own CPU time, in % of one core: near 100 the client, not the
 	// server, limits the figures above it.
 	mClientCPU = metric{name: "fio CPU % of a core", client: true}
+	// nbdcopy's, the same way; its threads together may pass 100 when the
+	// clients have more than one core.
+	mCopyCPU = metric{name: "nbdcopy CPU % of a core", client: true}
 )
 
 // copyJob is an nbdcopy run: the export to null:, or a file to the export.
@@ -42,7 +45,7 @@ type workload struct {
 func (w workload) metrics() []metric {
 	switch {
 	case w.copy != nil:
-		return []metric{mMiBs, mCPUGiB}
+		return []metric{mMiBs, mCPUGiB, mCopyCPU}
 	case w.fio.bs == "4k":
 		return []metric{mIOPS, mP99, mCPUk, mClientCPU}
 	default:
