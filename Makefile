@@ -24,7 +24,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # sets no deadline. 100000 runs take 2 to 15 s per target here.
 FUZZTIME ?= 100000x
 
-.PHONY: help build test deps lint fuzz clean dist package sizes install pkg-version nfpm-tool FORCE bench bench-onecore
+.PHONY: help build test deps lint fuzz clean dist package sizes install pkg-version nfpm-tool FORCE bench bench-onecore bench-board
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ bench: ## compare boardnbd with nbdkit, nbd-server and qemu-nbd on loopback (roo
 
 bench-onecore: ## the same with every server pinned to the last CPU and the clients to the others, as on a one-core board
 	$(GO) run ./cmd/nbdbench -server-cpus=$$(( $$(nproc) - 1 )) $(BENCHFLAGS)
+
+bench-board: ## the same again with every server held to 0.3 of that CPU (a cgroup quota), as on a board slower than its clients
+	$(GO) run ./cmd/nbdbench -server-cpus=$$(( $$(nproc) - 1 )) -server-quota=0.3 $(BENCHFLAGS)
 
 fuzz: ## run each fuzz target FUZZTIME times (default 100000x)
 	@for pkg in $$($(GO) list ./...); do \

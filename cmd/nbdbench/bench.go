@@ -43,6 +43,7 @@ type settings struct {
 	dir         string
 	boardnbdBin string // prebuilt binary; "" builds one
 	cpus        cpuPlan
+	quotaShare  float64 // of one core, for every server; 0 for no quota
 	quick       bool
 }
 
@@ -62,6 +63,8 @@ type bench struct {
 	traces   []traceResult
 	foot     *footprint
 	notes    []string
+	quota    *cpuQuota // nil without -server-quota
+	held     throttle  // the quota's counters once the servers are stopped
 }
 
 func (b *bench) progress(format string, args ...any) {
@@ -126,7 +129,18 @@ func (b *bench) prepare(ctx context.Context) (func(), error) {
 		for _, s := range b.servers {
 			s.stop()
 		}
+		if b.quota != nil {
+			if err := b.quota.remove(); err != nil {
+				b.progress("%v", err)
+			}
+		}
 		rm()
+	}
+	if b.set.quotaShare > 0 {
+		if b.quota, err = newCPUQuota(b.set.quotaShare); err != nil {
+			cleanup()
+			return nil, err
+		}
 	}
 	if slices.Contains(keep, srvBoardnbd) {
 		if err := b.buildBoardnbd(ctx); err != nil {
@@ -210,7 +224,7 @@ func (b *bench) startServers() error {
 	var ok []string
 	for _, name := range b.set.servers {
 		sd := filepath.Join(b.dir, name)
-		s, err := startServer(name, filepath.Join(sd, "disk"), sd, b.bin, b.set.cpus.server)
+		s, err := startServer(name, filepath.Join(sd, "disk"), sd, b.bin, b.set.cpus.server, b.quota)
 		if err != nil {
 			b.fail("start %s: %v", name, err)
 			continue

@@ -54,6 +54,7 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	settle := fs.Duration("settle", 2*time.Second, "wait before reading a server's RSS")
 	dir := fs.String("dir", "", "tmpfs directory for the images (default /dev/shm, or a tmpfs mounted for the run)")
 	serverCPUs := fs.String("server-cpus", "", "pin every server to these CPUs (such as 1 or 2-3) and the clients to the others, as on a board with that many cores whose clients are other machines")
+	quota := fs.Float64("server-quota", 0, "hold every server to this share of one core (such as 0.3) with a cgroup CPU quota, as on a board whose cores are slower than its clients'; 0 for none")
 	bin := fs.String("boardnbd", "", "boardnbd `BINARY` to measure instead of building ./cmd/boardnbd")
 	if err := fs.Parse(argv[1:]); err != nil {
 		return 2
@@ -77,6 +78,7 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	set := settings{
 		rounds: *rounds, fioTime: *fioTime, syscallTime: *sysTime, imageMiB: *sizeMiB,
 		copyTimeout: *copyTimeout, settle: *settle, syscalls: *sys, footprint: *foot, dir: *dir, boardnbdBin: *bin, quick: *quick,
+		quotaShare: *quota,
 	}
 	var err error
 	if set.servers, err = parseServers(*servers); err == nil {
@@ -97,6 +99,8 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		err = fmt.Errorf("-time, -syscall-time and -copy-timeout: want at least 1s")
 	case set.imageMiB < 16:
 		err = fmt.Errorf("-size %d: want at least 16 MiB", set.imageMiB)
+	case set.quotaShare != 0:
+		_, err = quotaPeriodFor(set.quotaShare)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "nbdbench: %v\n", err)
@@ -126,6 +130,11 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		b.traceSyscalls(ctx)
 	}
 	b.stopServers()
+	if b.quota != nil {
+		if b.held, err = b.quota.throttling(); err != nil {
+			b.fail("reading the servers' CPU quota counters: %v", err)
+		}
+	}
 	if b.set.footprint && slices.Contains(b.set.servers, srvBoardnbd) && ctx.Err() == nil {
 		b.foot = b.measureFootprint(ctx)
 		if b.foot.err != nil {

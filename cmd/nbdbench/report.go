@@ -432,6 +432,10 @@ func (b *bench) report(w io.Writer, cmdline, loadStart string, took time.Duratio
 	} else {
 		fmt.Fprintln(w, "- CPUs: not pinned; clients and servers share every core.")
 	}
+	if q := b.quota; q != nil {
+		fmt.Fprintf(w, "- CPU quota: %s. Over the whole run the kernel held them back in %d of the %d periods in which they ran.\n",
+			q.describe(), b.held.throttled, b.held.periods)
+	}
 	fmt.Fprintln(w, "- server CPU: utime+stime from /proc/PID/stat of the server process (all its threads) plus its child processes "+
 		"(nbd-server forks one per connection: live ones are read directly, reaped ones through the parent's cutime+cstime), "+
 		"in 10 ms ticks, over the client's run.")

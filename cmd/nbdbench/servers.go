@@ -61,7 +61,8 @@ type server struct {
 	daemon bool       // pid is a daemon that the bench adopted as subreaper
 	log    string
 	info   exportInfo
-	cpus   []int // the CPUs it is pinned to; nil for all
+	cpus   []int     // the CPUs it is pinned to; nil for all
+	quota  *cpuQuota // the CPU quota it runs under; nil for none
 }
 
 func (s *server) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
@@ -154,12 +155,12 @@ func raiseNofile(want uint64) (uint64, error) {
 // startServer runs the named server on image at a free port, waits until it
 // listens and returns it. dir is the server's private directory for logs
 // and config.
-func startServer(name, image, dir, boardnbdBin string, cpus []int) (*server, error) {
+func startServer(name, image, dir, boardnbdBin string, cpus []int, quota *cpuQuota) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: name, port: port, export: exportName(name), log: filepath.Join(dir, name+".log"), cpus: cpus}
+	s := &server{name: name, port: port, export: exportName(name), log: filepath.Join(dir, name+".log"), cpus: cpus, quota: quota}
 	var argv []string
 	switch name {
 	case srvBoardnbd:
@@ -224,7 +225,7 @@ func (s *server) launch(argv []string) error {
 	if err != nil {
 		return err
 	}
-	argv = pin(s.cpus, argv)
+	argv = s.quota.wrap(pin(s.cpus, argv))
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
