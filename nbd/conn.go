@@ -672,7 +672,7 @@ func (c *conn) handle(s *slot) {
 		c.blockStatus(s)
 		return
 	case cmdWrite:
-		call := c.beginStorage(false)
+		call := c.beginStorage(false, len(*s.buf))
 		if r.flags&cmdFlagFUA != 0 {
 			// Durable on its own where the storage can: a journal
 			// commit need not flush everything written before it.
@@ -715,17 +715,34 @@ func (c *conn) handle(s *slot) {
 // storageBusy counts the storage calls in progress in this process.
 var storageBusy atomic.Int32
 
+// sleepCheckMin is the smallest storage call whose thread's sleeps are
+// counted (see timeStorage). Counting costs two system calls, a few per
+// cent of a copy this large.
+const sleepCheckMin = 128 << 10
+
 // storageCall is a storage call being timed (see timeStorage).
 type storageCall struct {
 	start   time.Time
 	crowded bool // more storage calls than processors when it began
 	read    bool
+	sleeps  int64 // the thread's sleeps when a large call began; -1 if not counted
 }
 
-// beginStorage starts timing a storage call.
-func (c *conn) beginStorage(read bool) storageCall {
+// beginStorage starts timing a storage call of n bytes. For a large call it
+// also counts the thread's sleeps so far, and keeps the goroutine on the
+// thread until timeStorage. (Should the storage call panic, the goroutine
+// stays on it; its connection then closes, and the thread ends with it.)
+func (c *conn) beginStorage(read bool, n int) storageCall {
 	k := storageBusy.Add(1)
-	return storageCall{start: time.Now(), crowded: k > c.procs, read: read}
+	call := storageCall{crowded: k > c.procs, read: read, sleeps: -1}
+	if n >= sleepCheckMin {
+		runtime.LockOSThread()
+		if call.sleeps = threadSleeps(); call.sleeps < 0 {
+			runtime.UnlockOSThread()
+		}
+	}
+	call.start = time.Now()
+	return call
 }
 
 // timeStorage adds a storage call of n bytes to the streak that lets the
@@ -739,10 +756,24 @@ func (c *conn) beginStorage(read bool) storageCall {
 // served from memory, whatever it took, if the process read nothing from a
 // device meanwhile (noBlockInputSince). Writes are not judged so: writing
 // to the page cache can sleep on writeback without reading anything.
+//
+// A large call (sleepCheckMin) is slow only if its thread slept in it. One
+// that never slept was served from memory however long it took: the
+// kernel stopped the thread for other work or for a CPU quota (systemd's
+// CPUQuota=, a container's limit), or the core copies slowly. By time
+// alone, under a quota of 0.3 of a core, one 256 KiB write in 40 to 50
+// was stopped halfway and judged slow, and up to a fifth of a copy's
+// writes went to workers.
 func (c *conn) timeStorage(call storageCall, n int) {
+	d := time.Since(call.start)
+	slept := true
+	if call.sleeps >= 0 {
+		slept = threadSleeps() != call.sleeps
+		runtime.UnlockOSThread()
+	}
 	crowded := call.crowded || storageBusy.Load() > c.procs
 	storageBusy.Add(-1)
-	fast := servedFromMemory(time.Since(call.start), n)
+	fast := !slept || servedFromMemory(d, n)
 	if !fast && crowded && call.read {
 		fast = noBlockInputSince(call.start)
 	}
@@ -930,7 +961,7 @@ func (c *conn) planChunks(s *slot) {
 
 // readAt fills buf from the backend for s; a short read is an I/O error.
 func (c *conn) readAt(s *slot, buf []byte, off int64) error {
-	call := c.beginStorage(true)
+	call := c.beginStorage(true, len(buf))
 	var n int
 	var err error
 	if s.inline {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"net"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -746,6 +747,87 @@ func TestCrowdedReadsFromMemoryGoInline(t *testing.T) {
 	}
 }
 
+// TestStoppedLargeCallsCountAsFast: a large storage call that takes long
+// without its thread sleeping (here a busy loop; in life a CPU quota or
+// another process stopping the thread, or a slow core copying) was served
+// from memory; one that sleeps, as on a device, was not; a small call is
+// judged by its time alone.
+func TestStoppedLargeCallsCountAsFast(t *testing.T) {
+	if threadSleeps() < 0 {
+		t.Skip("this system does not count a thread's sleeps")
+	}
+	// A collection stops every goroutine, and a goroutine kept on its
+	// thread then waits asleep: a stopped call judged slow, rightly so
+	// by the rule, but not what is tested here.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	busy := func() {
+		for start := time.Now(); time.Since(start) < 2*time.Millisecond; {
+		}
+	}
+	c := &conn{procs: 64}
+	judge := func(n int, wait func()) (fast bool) {
+		c.fast.Store(streakMax)
+		call := c.beginStorage(true, n)
+		wait()
+		c.timeStorage(call, n)
+		return c.fast.Load() == streakMax
+	}
+	slow := 0
+	for range 8 {
+		if !judge(sleepCheckMin, busy) {
+			slow++
+		}
+	}
+	if slow > 1 {
+		t.Errorf("%d of 8 large calls kept busy for 2 ms judged slow; want them served from memory", slow)
+	}
+	for range 4 {
+		if judge(sleepCheckMin, func() { time.Sleep(2 * time.Millisecond) }) {
+			t.Fatal("a large call that slept 2 ms judged served from memory; want it slow")
+		}
+	}
+	if judge(sleepCheckMin-1, busy) {
+		t.Error("a call under sleepCheckMin kept busy for 2 ms judged served from memory; want it judged by its time, slow")
+	}
+}
+
+// TestLargeSleepingReadsGoParallel: large reads whose thread sleeps, as
+// on a device, are slow, and run side by side on workers.
+func TestLargeSleepingReadsGoParallel(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	bb := &largeBackend{memBackend: newMem(testSize), delay: 2 * time.Millisecond}
+	addr := startServer(t, &Server{}, &Export{
+		Name: "disk",
+		Open: func(net.Addr) (backend.Backend, error) { return bb, nil },
+	})
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	tc.fastStreak(0)
+	for range 4 {
+		tc.readBurstOf(8, sleepCheckMin)
+	}
+	if m := bb.most.Load(); m < 2 {
+		t.Errorf("at most %d large read ran at once; want sleeping ones judged slow and run in parallel", m)
+	}
+}
+
+// largeBackend sleeps for delay in each read of sleepCheckMin bytes or
+// more, and records how many ran at once.
+type largeBackend struct {
+	*memBackend
+	callCount
+	delay time.Duration
+}
+
+func (b *largeBackend) ReadAt(p []byte, off int64) (int, error) {
+	if len(p) >= sleepCheckMin {
+		b.enter()
+		defer b.leave()
+		time.Sleep(b.delay)
+	}
+	return b.memBackend.ReadAt(p, off)
+}
+
 // countSeen says a count was unchanged over a span only when a look at or
 // before the span's start and one after it saw the same value.
 func TestCountSeen(t *testing.T) {
@@ -774,16 +856,19 @@ func TestCountSeen(t *testing.T) {
 
 // readBurst sends n reads of 4 KiB in one write, so they arrive together,
 // and waits for every reply.
-func (tc *tclient) readBurst(n int) {
+func (tc *tclient) readBurst(n int) { tc.readBurstOf(n, 4096) }
+
+// readBurstOf sends n reads of size bytes at once and takes their replies.
+func (tc *tclient) readBurstOf(n, size int) {
 	tc.t.Helper()
 	var reqs []byte
 	for i := range uint64(n) {
 		var h [requestLen]byte
-		encodeRequest(&h, request{typ: cmdRead, handle: i, offset: i * 4096, length: 4096})
+		encodeRequest(&h, request{typ: cmdRead, handle: i, offset: i * uint64(size), length: uint32(size)})
 		reqs = append(reqs, h[:]...)
 	}
 	tc.write(reqs)
-	buf := make([]byte, 4096)
+	buf := make([]byte, size)
 	for range n {
 		if e, _ := tc.simple(); e != 0 {
 			tc.t.Fatalf("read = errno %d", e)
