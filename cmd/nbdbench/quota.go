@@ -23,7 +23,6 @@ type cpuQuota struct {
 	share  float64 // of one core
 	period time.Duration
 	dir    string // the cgroup's directory
-	v2     bool   // cgroup v2 (cpu.max) rather than v1 (cpu.cfs_*)
 }
 
 // Limits of the kernel's CFS bandwidth control.
@@ -123,7 +122,7 @@ func newCPUQuota(share float64) (*cpuQuota, error) {
 			return nil, err
 		}
 	}
-	q := &cpuQuota{share: share, period: period, dir: filepath.Join(root, fmt.Sprintf("nbdbench-%d", os.Getpid())), v2: v2}
+	q := &cpuQuota{share: share, period: period, dir: filepath.Join(root, fmt.Sprintf("nbdbench-%d", os.Getpid()))}
 	if err := os.Mkdir(q.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("-server-quota: %v", err)
 	}
