@@ -716,8 +716,9 @@ func (c *conn) handle(s *slot) {
 var storageBusy atomic.Int32
 
 // sleepCheckMin is the smallest storage call whose thread's sleeps are
-// counted (see timeStorage). Counting costs two system calls, a few per
-// cent of a copy this large.
+// counted (see timeStorage). Counting costs a system call before the call
+// and, if the call was slow by its time, one after: about a per cent of a
+// copy this large.
 const sleepCheckMin = 128 << 10
 
 // storageCall is a storage call being timed (see timeStorage).
@@ -766,14 +767,17 @@ func (c *conn) beginStorage(read bool, n int) storageCall {
 // writes went to workers.
 func (c *conn) timeStorage(call storageCall, n int) {
 	d := time.Since(call.start)
-	slept := true
+	fast := servedFromMemory(d, n)
 	if call.sleeps >= 0 {
-		slept = threadSleeps() != call.sleeps
+		// Counted again only when the time says slow: a copy's calls
+		// nearly all end fast, and each count is a system call.
+		if !fast {
+			fast = threadSleeps() == call.sleeps
+		}
 		runtime.UnlockOSThread()
 	}
 	crowded := call.crowded || storageBusy.Load() > c.procs
 	storageBusy.Add(-1)
-	fast := !slept || servedFromMemory(d, n)
 	if !fast && crowded && call.read {
 		fast = noBlockInputSince(call.start)
 	}
