@@ -311,6 +311,7 @@ func (c *conn) transmit() error {
 				if !one && !small && c.readsGather() {
 					n, d := c.gathering.next(waitFrom, c.batch)
 					c.sock.gather, c.sock.gatherIn = max(n*requestLen-c.br.Buffered(), 0), d
+					c.sock.gatherHold = !c.gathering.probing // a probe waits too long to hold it
 				}
 			}
 			c.batch = 0

@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -147,6 +148,74 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 	defer u.Close()
 	if newSockReader(u).canMark() {
 		t.Error("a Unix socket can gather")
+	}
+}
+
+// A gathering wait that holds its processor takes one of the sleepPlaces
+// while it waits, and gives it back; it waits as long as one that does not
+// (300 ms, past the runtime's preemption signals every 10 ms), and without
+// a free place it waits the usual way.
+func TestHeldGatherWaits(t *testing.T) {
+	const within = 300 * time.Millisecond
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	if n := blockingConns.Load(); n != 0 {
+		t.Fatalf("%d connection(s) left in blocking mode by an earlier test", n)
+	}
+	client, server := tcpPair(t)
+	r := newSockReader(server)
+	r.gatherHold = true
+	send := func(n int) time.Time {
+		t.Helper()
+		if _, err := client.Write(make([]byte, n*requestLen)); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}
+	get := func(done <-chan readResult, what string) readResult {
+		t.Helper()
+		select {
+		case res := <-done:
+			if res.err != nil {
+				t.Fatalf("%s: %v", what, res.err)
+			}
+			return res
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no return within 5 s", what)
+		}
+		panic("unreachable")
+	}
+
+	done := gatherOnce(r, 16, within)
+	send(8)
+	select {
+	case res := <-done:
+		t.Fatalf("8 of 16 headers, held: the read returned %d bytes", res.n)
+	case <-time.After(within / 2):
+	}
+	if n := blockingConns.Load(); n != 1 {
+		t.Fatalf("during a held wait: %d sleep places taken, want 1", n)
+	}
+	sent := send(8)
+	if res := get(done, "16 of 16, held"); res.n != 16*requestLen || !r.met || res.at.Sub(sent) > within/4 {
+		t.Fatalf("16 of 16, held: %d bytes, met %v, %v after the last, want %d bytes at once",
+			res.n, r.met, res.at.Sub(sent), 16*requestLen)
+	}
+	if n := blockingConns.Load(); n != 0 {
+		t.Fatalf("after a held wait: %d sleep places taken, want 0", n)
+	}
+
+	// With the one place taken, the wait runs its course without it.
+	if ok, _ := sleepPlace(); !ok {
+		t.Fatal("no sleep place free with 2 processors")
+	}
+	defer blockingConns.Add(-1)
+	sent = send(2)
+	if res := get(gatherOnce(r, 16, within), "2 of 16, no place"); res.n != 2*requestLen || r.met || res.at.Sub(sent) < within*3/4 {
+		t.Fatalf("2 of 16 with no place free: %d bytes, met %v, %v after they came, want %d after about %v",
+			res.n, r.met, res.at.Sub(sent), 2*requestLen, within)
+	}
+	if n := blockingConns.Load(); n != 1 {
+		t.Fatalf("after a wait with no place free: %d sleep places taken, want 1 (the test's)", n)
 	}
 }
 

@@ -24,8 +24,9 @@ var hotWait = time.Millisecond
 // goroutine that has not been through the scheduler as running too long.
 const yieldEvery = 4 * time.Millisecond
 
-// blockingConns counts the connections whose socket is in blocking mode,
-// process-wide.
+// blockingConns counts the sleepPlaces taken, process-wide: connections
+// whose socket is in blocking mode, and gathering waits that keep their
+// processor (gatherRead).
 var blockingConns atomic.Int32
 
 // sockReader reads a TCP or Unix socket for the reader goroutine. While the
@@ -75,11 +76,13 @@ type sockReader struct {
 
 	// A gathering read (gatherRead, gather_linux.go), asked for by the
 	// reader before a read that may wait: it waits up to gatherIn for
-	// gather bytes. Its results: whether they all came, and the bytes read.
-	gather   int
-	gatherIn time.Duration
-	met      bool
-	gathered int
+	// gather bytes, keeping its processor if gatherHold. Its results:
+	// whether they all came, and the bytes read.
+	gather     int
+	gatherIn   time.Duration
+	gatherHold bool
+	met        bool
+	gathered   int
 }
 
 // rawConnOf returns nc's descriptor access, or nil if nc is not a socket.
@@ -213,15 +216,25 @@ func sleepPlaces() (places int32, alone bool) {
 	return 0, false
 }
 
+// sleepPlace takes one of the sleepPlaces, if one is free; blockingConns
+// counts it until the taker gives it back.
+func sleepPlace() (ok, alone bool) {
+	places, alone := sleepPlaces()
+	if blockingConns.Add(1) > places {
+		blockingConns.Add(-1)
+		return false, false
+	}
+	return true, alone
+}
+
 // setBlocking switches the socket's mode. Switching to blocking mode needs
 // one of the sleepPlaces; without one the socket stays non-blocking. In
 // blocking mode the socket is out of the runtime's poller (pollHide); the
 // error is that of putting it back, after which the reader cannot wait.
 func (r *sockReader) setBlocking(fd int, on bool) error {
 	if on {
-		places, alone := sleepPlaces()
-		if blockingConns.Add(1) > places {
-			blockingConns.Add(-1)
+		ok, alone := sleepPlace()
+		if !ok {
 			return nil
 		}
 		if !r.timeouts {
