@@ -72,6 +72,41 @@ func gatherOnce(r *sockReader, want int, within time.Duration) <-chan readResult
 	return done
 }
 
+// sendHeaders writes n zeroed request headers' worth of bytes on client,
+// and says when.
+func sendHeaders(t *testing.T, client net.Conn, n int) time.Time {
+	t.Helper()
+	if _, err := client.Write(make([]byte, n*requestLen)); err != nil {
+		t.Fatal(err)
+	}
+	return time.Now()
+}
+
+// gathered waits up to 5 s for a gathering read started by gatherOnce.
+func gathered(t *testing.T, done <-chan readResult, what string) readResult {
+	t.Helper()
+	select {
+	case res := <-done:
+		if res.err != nil {
+			t.Fatalf("%s: %v", what, res.err)
+		}
+		return res
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: no return within 5 s", what)
+	}
+	panic("unreachable")
+}
+
+// stillWaiting fails the test if the gathering read returns within d.
+func stillWaiting(t *testing.T, done <-chan readResult, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case res := <-done:
+		t.Fatalf("%s: the read returned %d bytes", what, res.n)
+	case <-time.After(d):
+	}
+}
+
 // A gathering read returns once all its headers have come, or when its
 // wait runs out with what came; one that finds nothing takes the
 // low-water mark away before it waits on the runtime's poller, which then
@@ -83,44 +118,21 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 	if !r.canMark() {
 		t.Fatal("a TCP socket cannot gather")
 	}
-	hdrs := func(n int) []byte { return make([]byte, n*requestLen) }
-	send := func(b []byte) time.Time {
-		t.Helper()
-		if _, err := client.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		return time.Now()
-	}
-	get := func(done <-chan readResult, what string) readResult {
-		t.Helper()
-		select {
-		case res := <-done:
-			if res.err != nil {
-				t.Fatalf("%s: %v", what, res.err)
-			}
-			return res
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s: no return within 5 s", what)
-		}
-		panic("unreachable")
-	}
+	send := func(n int) time.Time { return sendHeaders(t, client, n) }
+	get := func(done <-chan readResult, what string) readResult { return gathered(t, done, what) }
 
 	// 8 of 16, then the other 8.
 	done := gatherOnce(r, 16, within)
-	send(hdrs(8))
-	select {
-	case res := <-done:
-		t.Fatalf("8 of 16 headers: the read returned %d bytes", res.n)
-	case <-time.After(within / 4):
-	}
-	sent := send(hdrs(8))
+	send(8)
+	stillWaiting(t, done, within/4, "8 of 16 headers")
+	sent := send(8)
 	if res := get(done, "16 of 16"); res.n != 16*requestLen || !r.met || r.gathered != res.n || res.at.Sub(sent) > within/4 {
 		t.Fatalf("16 of 16: %d bytes, met %v, gathered %d, %v after the last, want %d bytes at once",
 			res.n, r.met, r.gathered, res.at.Sub(sent), 16*requestLen)
 	}
 
 	// 2 of 16: the wait runs out.
-	sent = send(hdrs(2))
+	sent = send(2)
 	if res := get(gatherOnce(r, 16, within), "2 of 16"); res.n != 2*requestLen || r.met || res.at.Sub(sent) < within*3/4 {
 		t.Fatalf("2 of 16: %d bytes, met %v, %v after they came, want %d after about %v",
 			res.n, r.met, res.at.Sub(sent), 2*requestLen, within)
@@ -129,7 +141,7 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 	// Nothing until the wait has run out, then one header.
 	done = gatherOnce(r, 16, within/3)
 	time.Sleep(within)
-	sent = send(hdrs(1))
+	sent = send(1)
 	if res := get(done, "1 after an empty wait"); res.n != requestLen || res.at.Sub(sent) > within/4 {
 		t.Fatalf("1 header after an empty wait: %d bytes, %v after it came, want %d at once",
 			res.n, res.at.Sub(sent), requestLen)
@@ -164,34 +176,12 @@ func TestHeldGatherWaits(t *testing.T) {
 	client, server := tcpPair(t)
 	r := newSockReader(server)
 	r.gatherHold = true
-	send := func(n int) time.Time {
-		t.Helper()
-		if _, err := client.Write(make([]byte, n*requestLen)); err != nil {
-			t.Fatal(err)
-		}
-		return time.Now()
-	}
-	get := func(done <-chan readResult, what string) readResult {
-		t.Helper()
-		select {
-		case res := <-done:
-			if res.err != nil {
-				t.Fatalf("%s: %v", what, res.err)
-			}
-			return res
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s: no return within 5 s", what)
-		}
-		panic("unreachable")
-	}
+	send := func(n int) time.Time { return sendHeaders(t, client, n) }
+	get := func(done <-chan readResult, what string) readResult { return gathered(t, done, what) }
 
 	done := gatherOnce(r, 16, within)
 	send(8)
-	select {
-	case res := <-done:
-		t.Fatalf("8 of 16 headers, held: the read returned %d bytes", res.n)
-	case <-time.After(within / 2):
-	}
+	stillWaiting(t, done, within/2, "8 of 16 headers, held")
 	if n := blockingConns.Load(); n != 1 {
 		t.Fatalf("during a held wait: %d sleep places taken, want 1", n)
 	}
