@@ -7,16 +7,17 @@ import "time"
 // sockReader (sockread_unix.go) exists only on Unix; elsewhere
 // newSockReader returns nil and connections read through net.Conn.
 type sockReader struct {
-	lone     bool
-	tryFirst bool
-	payload  int
-	lag      lagState
-	mark     lowMark
-	gather   int
-	gatherIn time.Duration
-	met      bool
-	gathered int
-	hide     *pollHide
+	lone       bool
+	tryFirst   bool
+	payload    int
+	lag        lagState
+	mark       lowMark
+	gather     int
+	gatherIn   time.Duration
+	gatherHold bool
+	met        bool
+	gathered   int
+	hide       *pollHide
 }
 
 func newSockReader(any) *sockReader          { return nil }
