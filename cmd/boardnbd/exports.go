@@ -357,6 +357,12 @@ func (c *connStorage) ReadAtCached(p []byte, off int64) (int, error) {
 	return backend.ReadAtCached(c.Backend, p, off)
 }
 
+// ReadToPipe keeps the storage's reads into a pipe visible through the
+// wrapper; an overlay has none, so a connection with one reads as before.
+func (c *connStorage) ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error) {
+	return backend.ReadToPipe(c.Backend, pipeFD, off, length, cached)
+}
+
 func (c *connStorage) Close() error {
 	var err error
 	c.once.Do(func() {

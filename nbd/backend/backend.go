@@ -96,6 +96,34 @@ func ReadAtCached(b Backend, p []byte, off int64) (int, error) {
 	return b.ReadAt(p, off)
 }
 
+// PipeReader is implemented by storage that can move bytes into a pipe
+// without copying them through the caller's memory: on Linux, splice(2)
+// from the page cache hands the pipe references to the cached pages. A
+// server can then send them on with a second splice, so that a large read
+// reply is never copied by the server at all.
+//
+// ReadToPipe moves up to length bytes at off into the pipe whose write end
+// is pipeFD, which must be non-blocking, and returns how many it moved:
+// fewer than length only when the pipe is full, or with an error. After an
+// error the pipe may hold some of the bytes (the caller then discards it),
+// except that an error wrapping ErrNotSupported, where this storage cannot
+// splice, comes before any are moved; the caller then reads with ReadAt.
+//
+// cached says the caller expects the bytes in memory, as with
+// CachedReader: the call may then keep the thread's Go processor.
+type PipeReader interface {
+	ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error)
+}
+
+// ReadToPipe moves bytes into a pipe with b's ReadToPipe if it has one;
+// otherwise it returns ErrNotSupported.
+func ReadToPipe(b Backend, pipeFD int, off int64, length int, cached bool) (int, error) {
+	if pr, ok := b.(PipeReader); ok {
+		return pr.ReadToPipe(pipeFD, off, length, cached)
+	}
+	return 0, ErrNotSupported
+}
+
 // ZeroFlags modify Backend.Zero.
 type ZeroFlags uint8
 

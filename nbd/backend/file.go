@@ -187,9 +187,7 @@ func (f *File) readAt(p []byte, off int64, cached bool) (int, error) {
 		n, err = f.f.ReadAt(p, off)
 	}
 	if err == io.EOF {
-		// The file ended inside the export: someone truncated it.
-		return n, fmt.Errorf("backend: %s: file ends at %d, inside the %d-byte export: %w",
-			f.desc.Path, off+int64(n), f.size, io.ErrUnexpectedEOF)
+		return n, f.endsAt(off + int64(n))
 	}
 	if err != nil {
 		return n, ioError(err)
@@ -198,6 +196,13 @@ func (f *File) readAt(p []byte, off int64, cached bool) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// endsAt is the error of a read that found the file ending at pos, inside
+// the export: someone truncated it.
+func (f *File) endsAt(pos int64) error {
+	return fmt.Errorf("backend: %s: file ends at %d, inside the %d-byte export: %w",
+		f.desc.Path, pos, f.size, io.ErrUnexpectedEOF)
 }
 
 // WriteAt writes p at off. Writing past the end of the export is an error.

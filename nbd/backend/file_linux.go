@@ -271,6 +271,47 @@ func (f *File) preadCached(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// ReadToPipe moves up to length bytes at off into a pipe with splice(2)
+// (see PipeReader), made as a raw system call if cached (see preadCached).
+func (f *File) ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error) {
+	if err := checkRange(f.desc.Path, off, int64(length), f.size); err != nil {
+		return 0, err
+	}
+	moved := 0
+	for moved < length {
+		pos := off + int64(moved)
+		k, err := f.splice(pipeFD, &pos, length-moved, cached)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return moved, nil // the pipe is full
+		case moved == 0 && (err == unix.EINVAL || err == unix.ENOSYS || err == unix.EOPNOTSUPP):
+			return 0, fmt.Errorf("backend: %s: splice: %w: %w", f.desc.Path, ErrNotSupported, err)
+		case err != nil:
+			return moved, ioError(&fs.PathError{Op: "splice", Path: f.desc.Path, Err: err})
+		case k == 0:
+			return moved, f.endsAt(pos)
+		}
+		moved += int(k)
+	}
+	return moved, nil
+}
+
+func (f *File) splice(pipeFD int, pos *int64, n int, raw bool) (int, error) {
+	const flags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
+	if !raw {
+		k, err := unix.Splice(int(f.sys.fd), pos, pipeFD, nil, n, flags)
+		return int(k), err
+	}
+	k, _, e := syscall.RawSyscall6(unix.SYS_SPLICE, f.sys.fd, uintptr(unsafe.Pointer(pos)),
+		uintptr(pipeFD), 0, uintptr(n), flags)
+	if e != 0 {
+		return 0, e
+	}
+	return int(k), nil
+}
+
 // control runs fn on the file descriptor, which stays open meanwhile even
 // if Close is called by mistake.
 func (f *File) control(fn func(fd int) error) error {

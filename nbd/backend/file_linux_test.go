@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,5 +252,111 @@ func TestFileWriteAtFUA(t *testing.T) {
 	ro := openT(t, path, Options{ReadOnly: true})
 	if _, err := ro.WriteAtFUA([]byte("x"), 0); !errors.Is(err, ErrReadOnly) {
 		t.Errorf("WriteAtFUA on a read-only file = %v, want ErrReadOnly", err)
+	}
+}
+
+// pipeT returns a non-blocking pipe of at least size bytes, closed when the
+// test ends.
+func pipeT(t *testing.T, size int) (r, w int) {
+	t.Helper()
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	if _, err := unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, size); err != nil {
+		t.Fatal(err)
+	}
+	return fds[0], fds[1]
+}
+
+// drain reads n bytes from a non-blocking pipe that holds them.
+func drain(t *testing.T, r, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	for got := 0; got < n; {
+		k, err := unix.Read(r, b[got:])
+		if err != nil || k == 0 {
+			t.Fatalf("reading the pipe after %d of %d bytes: %d, %v", got, n, k, err)
+		}
+		got += k
+	}
+	return b
+}
+
+func TestFileReadToPipe(t *testing.T) {
+	for name, dir := range fsDirs(t) {
+		t.Run(name, func(t *testing.T) {
+			data := make([]byte, 1<<20)
+			for i := range data {
+				data[i] = byte(i * 7 / 4096)
+			}
+			path := filepath.Join(dir, "p.img")
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			f := openT(t, path, Options{})
+			page := os.Getpagesize()
+
+			for _, cached := range []bool{false, true} {
+				r, w := pipeT(t, 256<<10)
+				n, err := f.ReadToPipe(w, 100, 200<<10, cached)
+				if err != nil || n != 200<<10 {
+					t.Fatalf("ReadToPipe(off=100, 200 KiB, cached=%v) = %d, %v", cached, n, err)
+				}
+				if got := drain(t, r, n); !bytes.Equal(got, data[100:100+n]) {
+					t.Fatalf("ReadToPipe(cached=%v): the pipe's bytes differ from the file's", cached)
+				}
+			}
+
+			// A pipe too small for the range: it takes what fits, whole
+			// pages' worth, and says so by the count alone.
+			r, w := pipeT(t, 16*page)
+			n, err := f.ReadToPipe(w, int64(page)/2, 64*page, false)
+			if err != nil || n != 16*page-page/2 {
+				t.Fatalf("ReadToPipe into a %d-page pipe = %d, %v; want %d, nil", 16, n, err, 16*page-page/2)
+			}
+			if got := drain(t, r, n); !bytes.Equal(got, data[page/2:page/2+n]) {
+				t.Fatal("short ReadToPipe: the pipe's bytes differ from the file's")
+			}
+
+			if _, err := f.ReadToPipe(w, 1<<20-10, 11, false); err == nil {
+				t.Error("ReadToPipe past the end: no error")
+			}
+
+			// The file truncated under the export: an error, as ReadAt's.
+			if err := os.Truncate(path, 512<<10); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.ReadToPipe(w, 600<<10, 4096, false); !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("ReadToPipe past the truncated end = %v, want io.ErrUnexpectedEOF", err)
+			}
+		})
+	}
+}
+
+func TestSliceReadToPipe(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.img")
+	data := bytes.Repeat([]byte("0123456789abcdef"), 8192)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSlice(openT(t, path, Options{}), 4096+3, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w := pipeT(t, 128<<10)
+	n, err := ReadToPipe(s, w, 10, 32<<10, false)
+	if err != nil || n != 32<<10 {
+		t.Fatalf("slice ReadToPipe = %d, %v", n, err)
+	}
+	if got := drain(t, r, n); !bytes.Equal(got, data[4096+3+10:4096+3+10+n]) {
+		t.Fatal("slice ReadToPipe: the pipe's bytes are not the slice's")
+	}
+	if _, err := ReadToPipe(s, w, 60<<10, 8<<10, false); err == nil {
+		t.Error("slice ReadToPipe past its end: no error")
+	}
+	if _, err := ReadToPipe(newMem(8192, Info{}), w, 0, 4096, false); !errors.Is(err, ErrNotSupported) {
+		t.Errorf("ReadToPipe of storage without it = %v, want ErrNotSupported", err)
 	}
 }

@@ -107,6 +107,13 @@ func TestLoopGeometry(t *testing.T) {
 				if got := readBack(t, f, off, len(want)); !bytes.Equal(got, want) {
 					t.Errorf("ReadAt(off=%d) after WriteAt returned other bytes", off)
 				}
+				// A block device splices from its page cache too.
+				r, w := pipeT(t, len(want))
+				if n, err := f.ReadToPipe(w, off, len(want), false); err != nil || n != len(want) {
+					t.Errorf("ReadToPipe(off=%d) = %d, %v", off, n, err)
+				} else if got := drain(t, r, n); !bytes.Equal(got, want) {
+					t.Errorf("ReadToPipe(off=%d) after WriteAt moved other bytes", off)
+				}
 			}
 			if err := f.Flush(); err != nil {
 				t.Errorf("Flush() = %v", err)

@@ -85,6 +85,14 @@ func (s *slice) ReadAtCached(p []byte, off int64) (int, error) {
 	return s.read(p, off, true)
 }
 
+// ReadToPipe keeps the inner storage's ReadToPipe visible.
+func (s *slice) ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error) {
+	if err := checkRange("slice", off, int64(length), s.size); err != nil {
+		return 0, err
+	}
+	return ReadToPipe(s.b, pipeFD, s.off+off, length, cached)
+}
+
 func (s *slice) WriteAt(p []byte, off int64) (int, error) {
 	if err := checkRange("slice", off, int64(len(p)), s.size); err != nil {
 		return 0, err
