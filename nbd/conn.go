@@ -133,6 +133,7 @@ type conn struct {
 	trimSeen  uint64 // requests at the last trim check (the trimmer's own)
 	mem       budget
 	dead      atomic.Bool
+	pipes     pipePool // for spliced read replies
 
 	bytesRead    atomic.Uint64 // read from the export, sent to the client
 	bytesWritten atomic.Uint64 // received from the client, written
@@ -151,6 +152,10 @@ type slot struct {
 	iov    [][]byte
 	ext    []backend.Extent
 	cks    []chunk
+	// A spliced read's reply: piped bytes of its data wait in pipe, to be
+	// sent after iov[0], its header (see splice_linux.go).
+	pipe  *pipe
+	piped int
 }
 
 // chunk is one content chunk of a structured read reply under construction.
@@ -177,6 +182,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	if c.sock != nil {
 		if c.sw != nil {
 			c.sw.hide = c.sock.hide
+			c.sw.sockBlocking = &c.sock.modeBlocking
 		}
 		c.br = bufio.NewReaderSize(c.sock, readBufferSize)
 	} else {
@@ -218,6 +224,7 @@ func (c *conn) serve() {
 	err := c.transmit()
 	c.inflight.Wait()
 	c.stopWorkers()
+	c.pipes.closeAll()
 	c.be.Close()
 	attrs := []any{"read", c.bytesRead.Load(), "written", c.bytesWritten.Load(),
 		"duration", time.Since(c.begun).Round(time.Millisecond)}
@@ -528,6 +535,11 @@ func (c *conn) hold(s *slot, n uint32) {
 
 // release returns a slot and its memory.
 func (c *conn) release(s *slot) {
+	if s.pipe != nil {
+		// Sent, and so empty, unless the connection failed first.
+		c.pipes.put(s.pipe, !c.dead.Load())
+		s.pipe, s.piped = nil, 0
+	}
 	putBuf(s.buf)
 	s.buf = nil
 	c.mem.release(s.held)
@@ -862,13 +874,13 @@ func (c *conn) read(s *slot) {
 	buf := *s.buf
 	off := int64(r.offset)
 	if !c.structured {
-		if err := c.readAt(s, buf, off); err != nil {
+		if err := c.readData(s, buf, off, true); err != nil {
 			c.replyError(s, c.errno(err, r), err.Error())
 			return
 		}
 		s.hdr = grow(s.hdr, simpleReplyLen)
 		putSimpleReply(s.hdr, 0, r.handle)
-		c.send(s, s.hdr[:simpleReplyLen], buf)
+		c.send(s, s.hdr[:simpleReplyLen], buf[s.piped:])
 		return
 	}
 	if len(buf) == 0 {
@@ -904,13 +916,14 @@ func (c *conn) read(s *slot) {
 			flags = replyFlagDone
 		}
 		if ck.data {
-			if err := c.readAt(s, buf[ck.start:ck.end], off+ck.start); err != nil {
+			data := buf[ck.start:ck.end]
+			if err := c.readData(s, data, off+ck.start, len(s.cks) == 1); err != nil {
 				c.replyError(s, c.errno(err, r), err.Error())
 				return
 			}
 			putStructReply(h, flags, replyTypeOffsetData, r.handle, uint32(8+ck.end-ck.start))
 			binary.BigEndian.PutUint64(h[20:28], uint64(off+ck.start))
-			s.iov = append(s.iov, h, buf[ck.start:ck.end])
+			s.iov = append(s.iov, h, data[s.piped:])
 		} else {
 			putStructReply(h, flags, replyTypeOffsetHole, r.handle, 12)
 			binary.BigEndian.PutUint64(h[20:28], uint64(off+ck.start))
@@ -962,6 +975,49 @@ func (c *conn) planChunks(s *slot) {
 	if len(s.cks) == 1 {
 		s.cks = s.cks[:0]
 	}
+}
+
+// spliceMin is the smallest read whose reply is spliced (splice_linux.go).
+// A spliced reply takes three system calls of its own (the splice into the
+// pipe, the header's send, the splice into the socket), where replies read
+// with pread share vectored sends; and a client over loopback receives its
+// pages one by one. For 64 and 128 KiB reads at depth 8, measured with fio,
+// the server's CPU per GiB was no lower spliced, and at 64 KiB higher.
+const spliceMin = 256 << 10
+
+// readData fills buf from the backend for s, as readAt does. A large read,
+// when alone in its reply (splice), it moves into a pipe instead as far as
+// the pipe holds, and only the rest into buf: s.piped bytes, sent from
+// s.pipe after the reply's first vector.
+func (c *conn) readData(s *slot, buf []byte, off int64, splice bool) error {
+	if !splice || len(buf) < spliceMin || c.sw == nil {
+		return c.readAt(s, buf, off)
+	}
+	p := c.pipes.get(len(buf))
+	if p == nil {
+		return c.readAt(s, buf, off)
+	}
+	// Timed as a copy of n bytes would be, but without counting the
+	// thread's sleeps: a splice copies nothing and is over in a few
+	// microseconds, too soon for a CPU quota to stop it in the middle.
+	call := c.beginStorage(true, 0)
+	n, err := backend.ReadToPipe(c.be, p.w, off, len(buf), s.inline)
+	c.timeStorage(call, n)
+	if errors.Is(err, backend.ErrNotSupported) {
+		c.pipes.disable()
+		c.pipes.put(p, true)
+		return c.readAt(s, buf, off)
+	}
+	if err == nil && n < len(buf) {
+		err = c.readAt(s, buf[n:], off+int64(n))
+	}
+	if err != nil {
+		p.close() // it may hold some of the bytes
+		return err
+	}
+	c.bytesRead.Add(uint64(n))
+	s.pipe, s.piped = p, n
+	return nil
 }
 
 // readAt fills buf from the backend for s; a short read is an I/O error.
@@ -1099,13 +1155,29 @@ func (c *conn) writeQueued() {
 		c.queue = c.spare[:0]
 		c.qmu.Unlock()
 		c.wiov = c.wiov[:0]
-		for _, b := range batch {
-			c.wiov = append(c.wiov, b.iov...)
-		}
 		var err error
-		if c.sw != nil {
+		for i, b := range batch {
+			if b.pipe == nil {
+				c.wiov = append(c.wiov, b.iov...)
+				continue
+			}
+			// A spliced reply: what is queued before it and its
+			// header, then its pipe's bytes, then the rest.
+			c.wiov = append(c.wiov, b.iov[0])
+			if err == nil {
+				more := i < len(batch)-1
+				for _, v := range b.iov[1:] {
+					more = more || len(v) > 0
+				}
+				err = c.sw.writeSpliced(c.wiov, b.pipe.r, b.piped, more)
+			}
+			c.wiov = append(c.wiov[:0], b.iov[1:]...)
+		}
+		switch {
+		case err != nil, len(c.wiov) == 0:
+		case c.sw != nil:
 			err = c.sw.writev(c.wiov)
-		} else {
+		default:
 			c.wnb = c.wiov
 			_, err = c.wnb.WriteTo(c.nc)
 		}

@@ -4,6 +4,7 @@ package nbd
 
 import (
 	"os"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -64,6 +65,14 @@ type sockWriter struct {
 	err     error
 	hide    *pollHide // the sockReader's: shown while this waits on the poller
 	waited  bool
+	// sockBlocking is the sockReader's: whether the socket is in blocking
+	// mode. Nil for a socket with no sockReader (tests).
+	sockBlocking *atomic.Bool
+
+	// After bufs, a spliced reply's bytes still in its pipe (writeSpliced).
+	pipeFD   int
+	piped    int
+	pipeMore bool // more of the reply stream follows the pipe's bytes at once
 }
 
 // newSockWriter returns a sockWriter for nc, or nil if nc is not a socket.
@@ -85,7 +94,7 @@ func (w *sockWriter) writev(bufs [][]byte) error {
 		w.waited = false
 		w.hide.writerDone()
 	}
-	w.bufs = nil
+	w.bufs, w.piped = nil, 0
 	if err != nil {
 		return err
 	}
@@ -93,6 +102,15 @@ func (w *sockWriter) writev(bufs [][]byte) error {
 		return os.NewSyscallError("writev", w.err)
 	}
 	return nil
+}
+
+// writeSpliced writes every byte of bufs, then n bytes from the pipe whose
+// read end is pipeFD (see splice_linux.go). more says that more of the
+// reply stream follows at once, so the socket need not send a partial
+// segment at the end.
+func (w *sockWriter) writeSpliced(bufs [][]byte, pipeFD, n int, more bool) error {
+	w.pipeFD, w.piped, w.pipeMore = pipeFD, n, more
+	return w.writev(bufs)
 }
 
 // writeOnce is the function RawConn.Write calls with the descriptor: it
@@ -112,29 +130,78 @@ func (w *sockWriter) writeOnce(fd uintptr) bool {
 			}
 		}
 		if len(w.iov) == 0 {
+			if w.piped > 0 {
+				return w.spliceOnce(fd)
+			}
 			return true
 		}
 		w.msg.Iov = &w.iov[0]
 		w.msg.SetIovlen(len(w.iov))
-		n, _, e := syscall.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&w.msg)), sendFlags)
+		flags := uintptr(sendFlags)
+		if w.piped > 0 {
+			flags |= syscall.MSG_MORE // the pipe's bytes follow at once
+		}
+		n, _, e := syscall.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&w.msg)), flags)
 		switch e {
 		case 0:
 			w.advance(int(n))
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			if !w.waited && w.hide != nil {
-				w.waited = true
-				if err := w.hide.writerWaits(int(fd)); err != nil {
-					w.err = err
-					return true
-				}
-			}
-			return false
+			return w.full(fd)
 		default:
 			w.err = e
 			return true
 		}
 	}
+}
+
+// spliceOnce moves the pipe's bytes into the socket until they are all
+// sent or the socket is full; it returns false to wait for room.
+//
+// splice(2) has no per-call flag like the sends' MSG_DONTWAIT: a socket in
+// blocking mode (depth 1, sockread_unix.go) would sleep in it, up to its
+// send timeout, when full. So the splice is raw only while the socket is
+// not in blocking mode. (Should the reader switch it at that very moment,
+// the sleep is bounded by the send timeout, hotWait.)
+func (w *sockWriter) spliceOnce(fd uintptr) bool {
+	for w.piped > 0 {
+		flags := uintptr(unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK)
+		if w.pipeMore {
+			flags |= unix.SPLICE_F_MORE
+		}
+		call := syscall.Syscall6
+		if w.sockBlocking != nil && !w.sockBlocking.Load() {
+			call = syscall.RawSyscall6
+		}
+		n, _, e := call(unix.SYS_SPLICE, uintptr(w.pipeFD), 0, fd, 0, uintptr(w.piped), flags)
+		switch {
+		case e == syscall.EINTR:
+		case e == syscall.EAGAIN:
+			return w.full(fd)
+		case e != 0:
+			w.err = e
+			return true
+		case n == 0:
+			w.err = syscall.EPIPE // the pipe had fewer bytes than it should: a bug
+			return true
+		default:
+			w.piped -= int(n)
+		}
+	}
+	return true
+}
+
+// full is a write's answer to a full socket: false, to wait for room on
+// the runtime's poller, with the socket shown to it (pollHide).
+func (w *sockWriter) full(fd uintptr) bool {
+	if !w.waited && w.hide != nil {
+		w.waited = true
+		if err := w.hide.writerWaits(int(fd)); err != nil {
+			w.err = err
+			return true
+		}
+	}
+	return false
 }
 
 // advance drops the first n bytes written from w.bufs.

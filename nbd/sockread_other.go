@@ -2,7 +2,10 @@
 
 package nbd
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // sockReader (sockread_unix.go) exists only on Unix; elsewhere
 // newSockReader returns nil and connections read through net.Conn.
@@ -18,6 +21,8 @@ type sockReader struct {
 	met        bool
 	gathered   int
 	hide       *pollHide
+
+	modeBlocking atomic.Bool
 }
 
 func newSockReader(any) *sockReader          { return nil }

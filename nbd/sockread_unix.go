@@ -63,16 +63,18 @@ type sockReader struct {
 	p        []byte                // readOnce's buffer and results
 	n        int
 	err      error
-	lone     bool      // set by the reader before each read: it may sleep in read(2)
-	tryFirst bool      // set with lone: bytes are likely there; read without sleeping first
-	payload  int       // bytes of a write's payload still to come, while the reader reads one
-	lag      lagState  // whether the rest of a bulk write's payload is read late (lag_linux.go)
-	mark     lowMark   // the socket's low-water mark, for lag and gathering (lowmark_linux.go)
-	blocking bool      // the socket is in blocking mode and counted in blockingConns
-	alone    bool      // blocking on the one processor, which other connections need
-	timeouts bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
-	hide     *pollHide // shared with the connection's sockWriter
-	yielded  time.Time
+	lone     bool     // set by the reader before each read: it may sleep in read(2)
+	tryFirst bool     // set with lone: bytes are likely there; read without sleeping first
+	payload  int      // bytes of a write's payload still to come, while the reader reads one
+	lag      lagState // whether the rest of a bulk write's payload is read late (lag_linux.go)
+	mark     lowMark  // the socket's low-water mark, for lag and gathering (lowmark_linux.go)
+	blocking bool     // the socket is in blocking mode and counted in blockingConns
+	// modeBlocking is blocking, for the connection's sockWriter to read.
+	modeBlocking atomic.Bool
+	alone        bool      // blocking on the one processor, which other connections need
+	timeouts     bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
+	hide         *pollHide // shared with the connection's sockWriter
+	yielded      time.Time
 
 	// A gathering read (gatherRead, gather_linux.go), asked for by the
 	// reader before a read that may wait: it waits up to gatherIn for
@@ -251,6 +253,7 @@ func (r *sockReader) setBlocking(fd int, on bool) error {
 			return nil
 		}
 		r.blocking, r.alone = true, alone
+		r.modeBlocking.Store(true)
 		r.hide.hide(fd)
 		return nil
 	}
@@ -260,6 +263,7 @@ func (r *sockReader) setBlocking(fd int, on bool) error {
 	err := r.hide.show(fd)
 	unix.SetNonblock(fd, true)
 	r.blocking, r.alone = false, false
+	r.modeBlocking.Store(false)
 	blockingConns.Add(-1)
 	return err
 }
