@@ -267,3 +267,28 @@ func TestPipeBudget(t *testing.T) {
 		t.Errorf("pipe bytes after closing = %d, want %d as before", got, start)
 	}
 }
+
+// TestSplicedReadsAtDepthOne reads one large block at a time, as a kernel
+// client reading ahead does: after calmWaits such reads the reader sleeps
+// in read(2) on a blocking socket, and the replies are spliced into it
+// with a system call the runtime sees.
+func TestSplicedReadsAtDepthOne(t *testing.T) {
+	const n = spliceMin
+	addr, pf, data := splicedExport(t, "tcp", 4<<20)
+	tc := dialFixed(t, addr)
+	tc.goExport("img", false)
+	lengths := map[uint64]uint32{}
+	reads := 3 * calmWaits
+	for i := range reads {
+		off := uint64(i*n) % uint64(len(data))
+		lengths[uint64(i)] = n
+		tc.request(0, cmdRead, uint64(i), off, n, nil)
+		h, errno, got := tc.readReply(false, lengths)
+		if h != uint64(i) || errno != 0 || !bytes.Equal(got, data[off:off+n]) {
+			t.Fatalf("read %d: handle %d, error %d, data equal %v", i, h, errno, bytes.Equal(got, data[off:off+n]))
+		}
+	}
+	if _, piped := pf.counts(); piped != reads*n {
+		t.Errorf("bytes spliced = %d, want %d", piped, reads*n)
+	}
+}
