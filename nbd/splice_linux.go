@@ -43,9 +43,11 @@ const pipeBudget = 64 << 20
 // pipeBytes is the capacity of the pipes open in the process.
 var pipeBytes atomic.Int64
 
-// maxFreePipes bounds the empty pipes a connection keeps for its next
-// large reads; more are closed as their replies are sent.
-const maxFreePipes = 16
+// maxFreeBytes bounds the capacity of the empty pipes a connection keeps
+// for its next large reads, a quarter of the budget: a copy's 64 reads of
+// 256 KiB in flight, or 16 of 1 MiB. More are closed as their replies are
+// sent.
+const maxFreeBytes = pipeBudget / 4
 
 // pipeSizeFor is the capacity of a new pipe for a read of n bytes: the
 // smallest power of two from spliceMin to pipeSize that holds it.
@@ -101,10 +103,11 @@ func (p *pipe) close() {
 
 // pipePool is one connection's pipes for spliced replies.
 type pipePool struct {
-	off    atomic.Bool // the storage cannot splice, or pipes cannot be had
-	mu     sync.Mutex
-	free   []*pipe
-	closed bool
+	off       atomic.Bool // the storage cannot splice, or pipes cannot be had
+	mu        sync.Mutex
+	free      []*pipe
+	freeBytes int
+	closed    bool
 }
 
 // get returns an empty pipe for a read of n bytes, as large as the read
@@ -119,6 +122,7 @@ func (pp *pipePool) get(n int) *pipe {
 	if k := len(pp.free); k > 0 {
 		p = pp.free[k-1]
 		pp.free = pp.free[:k-1]
+		pp.freeBytes -= p.size
 	}
 	pp.mu.Unlock()
 	if p == nil {
@@ -134,8 +138,9 @@ func (pp *pipePool) get(n int) *pipe {
 // put takes back a pipe: to reuse if empty, else to close.
 func (pp *pipePool) put(p *pipe, empty bool) {
 	pp.mu.Lock()
-	if empty && !pp.closed && len(pp.free) < maxFreePipes {
+	if empty && !pp.closed && pp.freeBytes+p.size <= maxFreeBytes {
 		pp.free = append(pp.free, p)
+		pp.freeBytes += p.size
 		p = nil
 	}
 	pp.mu.Unlock()
@@ -149,7 +154,7 @@ func (pp *pipePool) closeAll() {
 	pp.mu.Lock()
 	pp.closed = true
 	free := pp.free
-	pp.free = nil
+	pp.free, pp.freeBytes = nil, 0
 	pp.mu.Unlock()
 	for _, p := range free {
 		p.close()
