@@ -12,8 +12,9 @@ import (
 )
 
 // The socket's reads that cannot sleep (on a non-blocking socket, or with
-// MSG_DONTWAIT in blocking mode: sockReader.tryFirst), and all its writes,
-// are made as raw system calls, which the Go runtime does not see.
+// MSG_DONTWAIT in blocking mode: sockReader.tryFirst), and all its writes
+// (but a spliced reply's in blocking mode: spliceOnce), are made as raw
+// system calls, which the Go runtime does not see.
 //
 // Why: when a system call lasts more than a few tens of microseconds and
 // no other processor is idle, as on a one-core board, the runtime's monitor
