@@ -12,7 +12,9 @@ package main
 //     (structured replies).
 //
 // The root file system's /sbin/init (testdata/boot/root-init) checks a
-// known file, writes a file, a marker, 8 MiB in large buffered writes and
+// known file, read through the page cache and again with 1 MiB direct
+// reads (the kernel's client told to send requests that large, which the
+// server splices), writes a file, a marker, 8 MiB in large buffered writes and
 // 4 MiB in small direct writes from four writers at once, syncs, remounts
 // read-only, prints "BOARDNBD-BOOT-OK" on the serial console and powers
 // off; the test then reads the four files out of the image with debugfs
