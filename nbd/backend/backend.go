@@ -104,7 +104,8 @@ func ReadAtCached(b Backend, p []byte, off int64) (int, error) {
 //
 // ReadToPipe moves up to length bytes at off into the pipe whose write end
 // is pipeFD, which must be non-blocking, and returns how many it moved:
-// fewer than length only when the pipe is full, or with an error. After an
+// fewer than length when the pipe is full or the rest cannot be spliced
+// (the caller then reads the rest with ReadAt), or with an error. After an
 // error the pipe may hold some of the bytes (the caller then discards it),
 // except that an error wrapping ErrNotSupported, where this storage cannot
 // splice, comes before any are moved; the caller then reads with ReadAt.

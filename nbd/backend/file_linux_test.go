@@ -360,3 +360,58 @@ func TestSliceReadToPipe(t *testing.T) {
 		t.Errorf("ReadToPipe of storage without it = %v, want ErrNotSupported", err)
 	}
 }
+
+func TestOverlayReadToPipe(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "base.img")
+	base := bytes.Repeat([]byte("base"), 1<<16) // 256 KiB
+	if err := os.WriteFile(path, base, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := newOverlayT(t, openT(t, path, Options{ReadOnly: true}), filepath.Join(dir, "o.ov"), true)
+	// Blocks 2, 3 and 10 written: runs of base, overlay, base, overlay, base.
+	for _, wr := range []struct{ off, n int }{{2 << 12, 8192}, {10 << 12, 4096}} {
+		if _, err := o.WriteAt(bytes.Repeat([]byte{'O'}, wr.n), int64(wr.off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := make([]byte, 200<<10)
+	if _, err := o.ReadAt(want, 100); err != nil {
+		t.Fatal(err)
+	}
+
+	r, w := pipeT(t, 256<<10)
+	n, err := ReadToPipe(o, w, 100, len(want), false)
+	if err != nil || n != len(want) {
+		t.Fatalf("overlay ReadToPipe = %d, %v", n, err)
+	}
+	if got := drain(t, r, n); !bytes.Equal(got, want) {
+		t.Fatal("overlay ReadToPipe: the pipe's bytes differ from ReadAt's")
+	}
+
+	// A pipe of 4 pages takes the runs that fit, and stops in the middle
+	// of the one that does not.
+	r, w = pipeT(t, 4*4096)
+	n, err = ReadToPipe(o, w, 0, len(want), false)
+	if err != nil || n != 4*4096 {
+		t.Fatalf("overlay ReadToPipe into 4 pages = %d, %v; want 16384, nil", n, err)
+	}
+	if got := drain(t, r, n); !bytes.Equal(got, append(base[:8192:8192], bytes.Repeat([]byte{'O'}, 8192)...)) {
+		t.Fatal("overlay ReadToPipe into 4 pages: other bytes than the base's then the overlay's")
+	}
+
+	// Over a base that cannot splice: the overlay's run first, then the
+	// caller reads the rest; a base run first says not supported.
+	om := newOverlayT(t, baseMem(256<<10), filepath.Join(dir, "m.ov"), true)
+	if _, err := om.WriteAt(bytes.Repeat([]byte{'O'}, 8192), 0); err != nil {
+		t.Fatal(err)
+	}
+	r, w = pipeT(t, 64<<10)
+	if n, err := ReadToPipe(om, w, 0, 32<<10, false); err != nil || n != 8192 {
+		t.Errorf("ReadToPipe over a base without it, overlay first = %d, %v; want 8192, nil", n, err)
+	}
+	drain(t, r, 8192)
+	if _, err := ReadToPipe(om, w, 8192, 4096, false); !errors.Is(err, ErrNotSupported) {
+		t.Errorf("ReadToPipe over a base without it, base first = %v, want ErrNotSupported", err)
+	}
+}

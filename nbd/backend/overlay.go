@@ -299,6 +299,39 @@ func (o *overlay) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
+// ReadToPipe moves a range into a pipe from the overlay's file and the
+// base, run by run, as ReadAt reads it (see PipeReader). Where the base
+// cannot splice it stops, having moved the runs before, and the caller
+// reads the rest.
+func (o *overlay) ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error) {
+	if err := checkRange("overlay", off, int64(length), o.size); err != nil {
+		return 0, err
+	}
+	end := off + int64(length)
+	for pos := off; pos < end; {
+		b := pos / o.bs
+		next := min(o.run(b, (end+o.bs-1)/o.bs)*o.bs, end)
+		var k int
+		var err error
+		if o.has(b) {
+			k, err = o.ov.ReadToPipe(pipeFD, o.dataOff+pos, int(next-pos), cached)
+		} else {
+			k, err = ReadToPipe(o.base, pipeFD, pos, int(next-pos), cached)
+		}
+		moved := int(pos-off) + k
+		switch {
+		case errors.Is(err, ErrNotSupported) && moved > 0:
+			return moved, nil
+		case err != nil:
+			return moved, err
+		case pos+int64(k) < next:
+			return moved, nil // the pipe is full
+		}
+		pos = next
+	}
+	return length, nil
+}
+
 func (o *overlay) WriteAt(p []byte, off int64) (int, error) {
 	if err := checkRange("overlay", off, int64(len(p)), o.size); err != nil {
 		return 0, err
