@@ -358,7 +358,7 @@ func (c *connStorage) ReadAtCached(p []byte, off int64) (int, error) {
 }
 
 // ReadToPipe keeps the storage's reads into a pipe visible through the
-// wrapper; an overlay has none, so a connection with one reads as before.
+// wrapper.
 func (c *connStorage) ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error) {
 	return backend.ReadToPipe(c.Backend, pipeFD, off, length, cached)
 }
@@ -378,3 +378,9 @@ func (c *connStorage) Close() error {
 type noClose struct{ backend.Backend }
 
 func (noClose) Close() error { return nil }
+
+// ReadToPipe keeps the storage's reads into a pipe visible to the overlay
+// over it.
+func (n noClose) ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error) {
+	return backend.ReadToPipe(n.Backend, pipeFD, off, length, cached)
+}
