@@ -314,7 +314,7 @@ func (o *overlay) ReadToPipe(pipeFD int, off int64, length int, cached bool) (in
 		var k int
 		var err error
 		if o.has(b) {
-			k, err = o.ov.ReadToPipe(pipeFD, o.dataOff+pos, int(next-pos), cached)
+			k, err = ReadToPipe(o.ov, pipeFD, o.dataOff+pos, int(next-pos), cached)
 		} else {
 			k, err = ReadToPipe(o.base, pipeFD, pos, int(next-pos), cached)
 		}
