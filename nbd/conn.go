@@ -182,7 +182,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	if c.sock != nil {
 		if c.sw != nil {
 			c.sw.hide = c.sock.hide
-			c.sw.sockBlocking = &c.sock.modeBlocking
+			c.sw.sockBlocking = &c.sock.blocking
 		}
 		c.br = bufio.NewReaderSize(c.sock, readBufferSize)
 	} else {

@@ -21,8 +21,7 @@ type sockReader struct {
 	met        bool
 	gathered   int
 	hide       *pollHide
-
-	modeBlocking atomic.Bool
+	blocking   atomic.Bool
 }
 
 func newSockReader(any) *sockReader          { return nil }

@@ -68,13 +68,14 @@ type sockReader struct {
 	payload  int      // bytes of a write's payload still to come, while the reader reads one
 	lag      lagState // whether the rest of a bulk write's payload is read late (lag_linux.go)
 	mark     lowMark  // the socket's low-water mark, for lag and gathering (lowmark_linux.go)
-	blocking bool     // the socket is in blocking mode and counted in blockingConns
-	// modeBlocking is blocking, for the connection's sockWriter to read.
-	modeBlocking atomic.Bool
-	alone        bool      // blocking on the one processor, which other connections need
-	timeouts     bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
-	hide         *pollHide // shared with the connection's sockWriter
-	yielded      time.Time
+	// blocking says the socket is in blocking mode and counted in
+	// blockingConns. Only the reader changes it; the connection's
+	// sockWriter reads it too.
+	blocking atomic.Bool
+	alone    bool      // blocking on the one processor, which other connections need
+	timeouts bool      // SO_RCVTIMEO and SO_SNDTIMEO are set
+	hide     *pollHide // shared with the connection's sockWriter
+	yielded  time.Time
 
 	// A gathering read (gatherRead, gather_linux.go), asked for by the
 	// reader before a read that may wait: it waits up to gatherIn for
@@ -138,7 +139,7 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 	var err error
 	if r.alone && openConns.Load() > 1 {
 		err = r.setBlocking(int(fd), false) // another connection needs the processor
-	} else if r.lone != r.blocking {
+	} else if r.lone != r.blocking.Load() {
 		err = r.setBlocking(int(fd), r.lone)
 	}
 	if err != nil {
@@ -146,13 +147,13 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		return true
 	}
 	done := false
-	if r.gather > 0 && !r.blocking {
+	if r.gather > 0 && !r.blocking.Load() {
 		r.gatherRead(fd)
 		done = r.err != unix.EINTR
 	}
 	r.gather = 0
-	rest := r.blocking && r.payload > 0 && len(r.p) <= r.payload
-	if r.blocking && (r.tryFirst || r.mark.v != 0 && !rest) {
+	rest := r.blocking.Load() && r.payload > 0 && len(r.p) <= r.payload
+	if r.blocking.Load() && (r.tryFirst || r.mark.v != 0 && !rest) {
 		// Bytes that are there cost no sleep and no system call the
 		// runtime sees; only when none are does the reader sleep below.
 		// (After a lagging read the next request's header is there, and a
@@ -170,7 +171,7 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 			// The rest of a payload, straight into place: sleep until all
 			// of it has come (or the receive timeout), not for each segment.
 			r.n, _, r.err = unix.Recvfrom(int(fd), r.p, unix.MSG_WAITALL)
-		} else if r.blocking {
+		} else if r.blocking.Load() {
 			r.n, r.err = unix.Read(int(fd), r.p) // it sleeps: let the runtime see it
 		} else {
 			r.n, r.err = rawRead(fd, r.p) // see rawio_linux.go
@@ -186,7 +187,7 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		}
 		return true
 	}
-	if r.blocking { // the receive timeout ran out: the client is quiet
+	if r.blocking.Load() { // the receive timeout ran out: the client is quiet
 		r.lone = false
 		if err := r.setBlocking(int(fd), false); err != nil {
 			r.n, r.err = 0, err
@@ -252,8 +253,8 @@ func (r *sockReader) setBlocking(fd int, on bool) error {
 			blockingConns.Add(-1)
 			return nil
 		}
-		r.blocking, r.alone = true, alone
-		r.modeBlocking.Store(true)
+		r.blocking.Store(true)
+		r.alone = alone
 		r.hide.hide(fd)
 		return nil
 	}
@@ -262,8 +263,8 @@ func (r *sockReader) setBlocking(fd int, on bool) error {
 	r.mark.clear(fd) // the poller's readiness follows the mark too
 	err := r.hide.show(fd)
 	unix.SetNonblock(fd, true)
-	r.blocking, r.alone = false, false
-	r.modeBlocking.Store(false)
+	r.blocking.Store(false)
+	r.alone = false
 	blockingConns.Add(-1)
 	return err
 }
@@ -276,7 +277,7 @@ func (r *sockReader) setBlocking(fd int, on bool) error {
 // one, polls every 20 µs for the next millisecond. A yield every yieldEvery
 // avoids all of it, at the cost of one pass through the scheduler.
 func (r *sockReader) tick(now time.Time) {
-	if r.blocking && now.Sub(r.yielded) >= yieldEvery {
+	if r.blocking.Load() && now.Sub(r.yielded) >= yieldEvery {
 		r.yielded = now
 		runtime.Gosched()
 	}
@@ -284,8 +285,9 @@ func (r *sockReader) tick(now time.Time) {
 
 // release gives back the connection's place when it ends.
 func (r *sockReader) release() {
-	if r != nil && r.blocking {
-		r.blocking, r.alone = false, false
+	if r != nil && r.blocking.Load() {
+		r.blocking.Store(false)
+		r.alone = false
 		blockingConns.Add(-1)
 	}
 }
