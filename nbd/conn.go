@@ -986,9 +986,10 @@ func (c *conn) planChunks(s *slot) {
 const spliceMin = 256 << 10
 
 // readData fills buf from the backend for s, as readAt does. A large read,
-// when alone in its reply (splice), it moves into a pipe instead as far as
-// the pipe holds, and only the rest into buf: s.piped bytes, sent from
-// s.pipe after the reply's first vector.
+// when alone in its reply (splice), it moves into a pipe instead, as far as
+// the pipe holds and the storage can splice (an overlay over storage that
+// cannot stops early), and only the rest into buf: s.piped bytes, sent
+// from s.pipe after the reply's first vector.
 func (c *conn) readData(s *slot, buf []byte, off int64, splice bool) error {
 	if !splice || len(buf) < spliceMin || c.sw == nil {
 		return c.readAt(s, buf, off)
