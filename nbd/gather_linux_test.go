@@ -8,14 +8,6 @@ import (
 	"time"
 )
 
-// lengthenGatherWaits makes gathering waits last long enough to observe,
-// and probes happen only once.
-func lengthenGatherWaits(t *testing.T, gather, probe time.Duration) {
-	oldGather, oldProbe, oldEvery := gatherWait, probeWait, probeEvery
-	gatherWait, probeWait, probeEvery = gather, probe, time.Hour
-	t.Cleanup(func() { gatherWait, probeWait, probeEvery = oldGather, oldProbe, oldEvery })
-}
-
 // smallReads sends n reads of 512 bytes, handles from h, in one write.
 func (tc *tclient) smallReads(h uint64, n int) {
 	tc.t.Helper()
@@ -126,16 +118,16 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 	send(8)
 	stillWaiting(t, done, within/4, "8 of 16 headers")
 	sent := send(8)
-	if res := get(done, "16 of 16"); res.n != 16*requestLen || !r.met || r.gathered != res.n || res.at.Sub(sent) > within/4 {
-		t.Fatalf("16 of 16: %d bytes, met %v, gathered %d, %v after the last, want %d bytes at once",
-			res.n, r.met, r.gathered, res.at.Sub(sent), 16*requestLen)
+	if res := get(done, "16 of 16"); res.n != 16*requestLen || r.gathered != res.n || res.at.Sub(sent) > within/4 {
+		t.Fatalf("16 of 16: %d bytes, gathered %d, %v after the last, want %d bytes at once",
+			res.n, r.gathered, res.at.Sub(sent), 16*requestLen)
 	}
 
 	// 2 of 16: the wait runs out.
 	sent = send(2)
-	if res := get(gatherOnce(r, 16, within), "2 of 16"); res.n != 2*requestLen || r.met || res.at.Sub(sent) < within*3/4 {
-		t.Fatalf("2 of 16: %d bytes, met %v, %v after they came, want %d after about %v",
-			res.n, r.met, res.at.Sub(sent), 2*requestLen, within)
+	if res := get(gatherOnce(r, 16, within), "2 of 16"); res.n != 2*requestLen || r.gathered != res.n || res.at.Sub(sent) < within*3/4 {
+		t.Fatalf("2 of 16: %d bytes, gathered %d, %v after they came, want %d after about %v",
+			res.n, r.gathered, res.at.Sub(sent), 2*requestLen, within)
 	}
 
 	// Nothing until the wait has run out, then one header.
@@ -186,9 +178,9 @@ func TestHeldGatherWaits(t *testing.T) {
 		t.Fatalf("during a held wait: %d sleep places taken, want 1", n)
 	}
 	sent := send(8)
-	if res := get(done, "16 of 16, held"); res.n != 16*requestLen || !r.met || res.at.Sub(sent) > within/4 {
-		t.Fatalf("16 of 16, held: %d bytes, met %v, %v after the last, want %d bytes at once",
-			res.n, r.met, res.at.Sub(sent), 16*requestLen)
+	if res := get(done, "16 of 16, held"); res.n != 16*requestLen || r.gathered != res.n || res.at.Sub(sent) > within/4 {
+		t.Fatalf("16 of 16, held: %d bytes, gathered %d, %v after the last, want %d bytes at once",
+			res.n, r.gathered, res.at.Sub(sent), 16*requestLen)
 	}
 	if n := blockingConns.Load(); n != 0 {
 		t.Fatalf("after a held wait: %d sleep places taken, want 0", n)
@@ -200,9 +192,9 @@ func TestHeldGatherWaits(t *testing.T) {
 	}
 	defer blockingConns.Add(-1)
 	sent = send(2)
-	if res := get(gatherOnce(r, 16, within), "2 of 16, no place"); res.n != 2*requestLen || r.met || res.at.Sub(sent) < within*3/4 {
-		t.Fatalf("2 of 16 with no place free: %d bytes, met %v, %v after they came, want %d after about %v",
-			res.n, r.met, res.at.Sub(sent), 2*requestLen, within)
+	if res := get(gatherOnce(r, 16, within), "2 of 16, no place"); res.n != 2*requestLen || r.gathered != res.n || res.at.Sub(sent) < within*3/4 {
+		t.Fatalf("2 of 16 with no place free: %d bytes, gathered %d, %v after they came, want %d after about %v",
+			res.n, r.gathered, res.at.Sub(sent), 2*requestLen, within)
 	}
 	if n := blockingConns.Load(); n != 1 {
 		t.Fatalf("after a wait with no place free: %d sleep places taken, want 1 (the test's)", n)
@@ -273,5 +265,125 @@ func TestReadsAtDepthGather(t *testing.T) {
 		if d := tc.readReplies(mem, 100*round+100, 32, sent, "over a Unix socket"); d > gather/3 {
 			t.Fatalf("round %d over a Unix socket: first reply after %v, want it at once", round, d)
 		}
+	}
+}
+
+// smallWrites sends n writes of 4 KiB, handles from h, each at its handle's
+// block of 4 KiB, in one write; their data differs with seed.
+func (tc *tclient) smallWrites(h uint64, n int, seed byte) {
+	tc.t.Helper()
+	tc.write(writeBatch(h, n, seed))
+}
+
+// writeBatch is what smallWrites sends.
+func writeBatch(h uint64, n int, seed byte) []byte {
+	var b []byte
+	for i := range uint64(n) {
+		b = append(b, writeHeader(h+i, blockOf(h+i), 4096)...)
+		b = append(b, testPayload(4096, seed+byte(i))...)
+	}
+	return b
+}
+
+// blockOf is where smallWrites writes handle h.
+func blockOf(h uint64) uint64 { return h % (testSize / 4096) * 4096 }
+
+// writeReplies reads the replies to smallWrites(h, n, seed), in any order,
+// checks that mem holds what each wrote, and returns how long the first
+// took from since.
+func (tc *tclient) writeReplies(mem *memBackend, h uint64, n int, seed byte, since time.Time, what string) time.Duration {
+	tc.t.Helper()
+	var first time.Duration
+	seen := make(map[uint64]bool)
+	for i := range n {
+		e, hi := tc.simple()
+		if i == 0 {
+			first = time.Since(since)
+		}
+		if e != 0 || hi < h || hi >= h+uint64(n) || seen[hi] {
+			tc.t.Fatalf("%s: reply errno %d handle %d, want success for one of handles %d to %d, each once",
+				what, e, hi, h, h+uint64(n)-1)
+		}
+		seen[hi] = true
+		if !bytes.Equal(mem.bytesAt(int(blockOf(hi)), 4096), testPayload(4096, seed+byte(hi-h))) {
+			tc.t.Fatalf("%s: write %d: other data stored than sent", what, hi)
+		}
+	}
+	return first
+}
+
+// A client that keeps 32 writes of 4 KiB in flight is probed, and then its
+// writes are gathered 16 at a time, as reads are: 8 get no reply until 8
+// more come, then all 16 at once, their payloads larger than the reader's
+// buffer. A batch that stops partway through a payload is answered up to
+// there: the reader does not hold replies while it waits for the rest.
+// (See TestReadsAtDepthGather for why the test tries more than once.)
+func TestWritesAtDepthGather(t *testing.T) {
+	const gather, probe = 100 * time.Millisecond, 300 * time.Millisecond
+	lengthenGatherWaits(t, gather, probe)
+	mem, tc := fastMemClient(t, 800*time.Millisecond)
+
+	// Rounds of 32 until the wait after one probes and finds 32.
+	probed := false
+	for round := uint64(0); round < 20 && !probed; round++ {
+		sent := time.Now()
+		tc.smallWrites(100, 32, byte(round))
+		probed = tc.writeReplies(mem, 100, 32, byte(round), sent, "a round of 32") >= probe*3/4
+	}
+	if !probed {
+		t.Fatal("20 rounds of 32 writes: none waited for a probe")
+	}
+
+	// until sends what sends, then says whether a reply came within gather/3.
+	until := func(send func()) bool {
+		send()
+		tc.c.SetReadDeadline(time.Now().Add(gather / 3))
+		_, err := tc.br.Peek(1)
+		tc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		return err == nil
+	}
+	// again restores the streak of fast calls, if a slow one broke it.
+	again := func(try int, what string) {
+		if try == 5 {
+			t.Fatalf("%s, 5 times", what)
+		}
+		for range 2 {
+			tc.smallWrites(100, 32, 50)
+			tc.writeReplies(mem, 100, 32, 50, time.Now(), "a round of 32 between tries")
+		}
+	}
+
+	// Gathering 16: 8 get no reply; 8 more and all 16 get theirs at once.
+	for try := 1; ; try++ {
+		if until(func() { tc.smallWrites(300, 8, 60) }) {
+			tc.writeReplies(mem, 300, 8, 60, time.Now(), "8 answered without gathering")
+			again(try, "8 of a batch of 16 got replies before the rest came")
+			continue
+		}
+		sent := time.Now()
+		tc.write(writeBatch(308, 8, 68))
+		if d := tc.writeReplies(mem, 300, 16, 60, sent, "a batch of 16"); d > gather/3 {
+			t.Fatalf("a batch of 16: first reply %v after the last request, want it at once", d)
+		}
+		break
+	}
+
+	// 8 writes and half of a ninth: when the wait runs out the 8 are
+	// answered, with the ninth's payload still to come.
+	for try := 1; ; try++ {
+		b := writeBatch(400, 9, 70)
+		half := len(b) - 2048
+		if until(func() { tc.write(b[:half]) }) {
+			tc.write(b[half:])
+			tc.writeReplies(mem, 400, 9, 70, time.Now(), "9 answered without gathering")
+			again(try, "8 of a batch of 16 got replies before the wait ran out")
+			continue
+		}
+		tc.c.SetReadDeadline(time.Now().Add(gather * 5))
+		tc.writeReplies(mem, 400, 8, 70, time.Now(), "8 writes when the wait ran out")
+		tc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		tc.write(b[half:])
+		tc.writeReplies(mem, 408, 1, 78, time.Now(), "the ninth, once all of it came")
+		break
 	}
 }

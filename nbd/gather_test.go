@@ -17,7 +17,7 @@ type planner struct {
 func (p *planner) wait(what string, batch, want int, wait time.Duration, met bool, got int) {
 	p.t.Helper()
 	p.now = p.now.Add(time.Millisecond)
-	n, d := p.g.next(p.now, batch)
+	n, d := p.g.next(p.now, batch, 0, false)
 	if n != want || d != wait {
 		p.t.Fatalf("%s: next = %d requests within %v, want %d within %v", what, n, d, want, wait)
 	}
@@ -82,4 +82,71 @@ func TestGatherPlan(t *testing.T) {
 	p.wait("after a probe found 16", 16, 8, gatherWait, true, 8)
 	p.wait("an empty wait", 1, 8, gatherWait, false, 0)
 	p.wait("a wait after an empty one", 1, 8, gatherWait, true, 9)
+}
+
+// lengthenGatherWaits makes gathering waits last long enough to observe,
+// probes happen only once, and the first half of a trial of gathering
+// writes, in which they gather, lasts.
+func lengthenGatherWaits(t *testing.T, gather, probe time.Duration) {
+	oldGather, oldProbe, oldEvery := gatherWait, probeWait, probeEvery
+	oldSpan := trialSpan
+	gatherWait, probeWait, probeEvery = gather, probe, time.Hour
+	trialSpan = time.Hour
+	t.Cleanup(func() {
+		gatherWait, probeWait, probeEvery = oldGather, oldProbe, oldEvery
+		trialSpan = oldSpan
+	})
+}
+
+// trialWait is a wait at at, with done requests taken, that asks whether
+// writes gather; it fails the test unless the answer is want.
+func trialWait(t *testing.T, g *gatherTrial, what string, at time.Time, done uint64, want bool) {
+	t.Helper()
+	if got := g.gathers(at, done); got != want {
+		t.Fatalf("%s: gathers = %v, want %v", what, got, want)
+	}
+}
+
+// A trial gathers writes for trialSpan, then does not for trialSpan, and
+// keeps gathering unless that was trialMargin per cent quicker, until the
+// next trial trialEvery after; a half ends at the first wait after its span.
+func TestGatherTrial(t *testing.T) {
+	var g gatherTrial
+	t0 := time.Unix(1e9, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	span, ms := trialSpan, time.Millisecond
+
+	// trial runs one from from, with done requests taken, at on and off
+	// requests a millisecond in its halves, and checks its verdict.
+	trial := func(from time.Duration, done uint64, on, off uint64, verdict bool, what string) (time.Duration, uint64) {
+		t.Helper()
+		trialWait(t, &g, what+": the first half begins", at(from), done, true)
+		trialWait(t, &g, what+": within the first half", at(from+span-ms), done+on*uint64((span-ms)/ms), true)
+		done += on * uint64(span/ms)
+		trialWait(t, &g, what+": the second half begins", at(from+span), done, false)
+		trialWait(t, &g, what+": within the second half", at(from+2*span-ms), done+off*uint64((span-ms)/ms), false)
+		done += off * uint64(span/ms)
+		trialWait(t, &g, what+": the verdict", at(from+2*span), done, verdict)
+		trialWait(t, &g, what+": before the next trial", at(from+2*span+trialEvery-ms), done+1000, verdict)
+		return from + 2*span + trialEvery, done + 1000
+	}
+	next, done := trial(0, 0, 40, 100, false, "gathering at 40 a ms, not at 100")
+	next, done = trial(next, done, 40, 41, true, "gathering at 40 a ms, not at 41 (within the margin)")
+	next, done = trial(next, done, 40, 43, false, "gathering at 40 a ms, not at 43 (over the margin)")
+	trial(next, done, 100, 40, true, "gathering at 100 a ms, not at 40")
+
+	// Writes gather as the trial says; reads gather regardless.
+	p := &planner{t: t, now: time.Unix(1e9, 0)}
+	p.probe("a round of reads", 32)
+	p.g.trial = gatherTrial{on: false, from: p.now}
+	if n, _ := p.g.next(p.now, 16, 0, true); n != 0 {
+		t.Fatalf("writes, the trial against gathering: next waits for %d, want 0", n)
+	}
+	if n, _ := p.g.next(p.now, 16, 0, false); n != 16 {
+		t.Fatalf("reads, the trial against gathering: next waits for %d, want 16", n)
+	}
+	p.g.trial.on = true
+	if n, _ := p.g.next(p.now, 16, 0, true); n != 16 {
+		t.Fatalf("writes, the trial for gathering: next waits for %d, want 16", n)
+	}
 }

@@ -18,7 +18,6 @@ type sockReader struct {
 	gather     int
 	gatherIn   time.Duration
 	gatherHold bool
-	met        bool
 	gathered   int
 	hide       *pollHide
 	blocking   atomic.Bool

@@ -79,12 +79,12 @@ type sockReader struct {
 
 	// A gathering read (gatherRead, gather_linux.go), asked for by the
 	// reader before a read that may wait: it waits up to gatherIn for
-	// gather bytes, keeping its processor if gatherHold. Its results:
-	// whether they all came, and the bytes read.
+	// gather bytes, keeping its processor if gatherHold. Its result is
+	// the bytes that came: read, and still in the socket after a read
+	// that filled the buffer. A read that did not gather leaves it 0.
 	gather     int
 	gatherIn   time.Duration
 	gatherHold bool
-	met        bool
 	gathered   int
 }
 
@@ -147,6 +147,7 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		return true
 	}
 	done := false
+	r.gathered = 0
 	if r.gather > 0 && !r.blocking.Load() {
 		r.gatherRead(fd)
 		done = r.err != unix.EINTR

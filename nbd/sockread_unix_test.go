@@ -227,8 +227,12 @@ func TestBulkWritesSleepForWholePayload(t *testing.T) {
 // the poller at its next wait, not by the receive timeout. A payload that
 // comes in pieces, first with the header, then with nothing after it,
 // arrives intact, and its reply follows the rest at once.
+//
+// Only one wait probes the client's depth (gatherState), early on: a probe
+// waits on the poller, and the write that comes during it is read there.
 func TestSmallWritesSleepInRead(t *testing.T) {
 	const wait = 400 * time.Millisecond
+	lengthenGatherWaits(t, gatherWait, probeWait)
 	mem, tc := fastMemClient(t, wait)
 
 	const n = 512
