@@ -20,13 +20,13 @@ func (tc *tclient) smallReads(h uint64, n int) {
 	tc.write(b)
 }
 
-// readReplies reads the replies to smallReads(h, n), in any order, checks
-// their data against mem, and returns how long the first took from since.
-func (tc *tclient) readReplies(mem *memBackend, h uint64, n int, since time.Time, what string) time.Duration {
+// batchReplies reads the simple replies to requests with handles h to
+// h+n-1, in any order, checks that each succeeded and came once, runs check
+// on each handle in turn, and returns how long the first took from since.
+func (tc *tclient) batchReplies(h uint64, n int, since time.Time, what string, check func(hi uint64)) time.Duration {
 	tc.t.Helper()
 	var first time.Duration
 	seen := make(map[uint64]bool)
-	got := make([]byte, 512)
 	for i := range n {
 		e, hi := tc.simple()
 		if i == 0 {
@@ -37,12 +37,22 @@ func (tc *tclient) readReplies(mem *memBackend, h uint64, n int, since time.Time
 				what, e, hi, h, h+uint64(n)-1)
 		}
 		seen[hi] = true
+		check(hi)
+	}
+	return first
+}
+
+// readReplies reads the replies to smallReads(h, n), in any order, checks
+// their data against mem, and returns how long the first took from since.
+func (tc *tclient) readReplies(mem *memBackend, h uint64, n int, since time.Time, what string) time.Duration {
+	tc.t.Helper()
+	got := make([]byte, 512)
+	return tc.batchReplies(h, n, since, what, func(hi uint64) {
 		tc.read(got)
 		if off := int(hi * 512); !bytes.Equal(got, mem.bytesAt(off, 512)) {
 			tc.t.Fatalf("%s: read %d: other data than stored", what, hi)
 		}
-	}
-	return first
+	})
 }
 
 // readResult is what one sockReader.Read returned, and when.
@@ -293,23 +303,11 @@ func blockOf(h uint64) uint64 { return h % (testSize / 4096) * 4096 }
 // took from since.
 func (tc *tclient) writeReplies(mem *memBackend, h uint64, n int, seed byte, since time.Time, what string) time.Duration {
 	tc.t.Helper()
-	var first time.Duration
-	seen := make(map[uint64]bool)
-	for i := range n {
-		e, hi := tc.simple()
-		if i == 0 {
-			first = time.Since(since)
-		}
-		if e != 0 || hi < h || hi >= h+uint64(n) || seen[hi] {
-			tc.t.Fatalf("%s: reply errno %d handle %d, want success for one of handles %d to %d, each once",
-				what, e, hi, h, h+uint64(n)-1)
-		}
-		seen[hi] = true
+	return tc.batchReplies(h, n, since, what, func(hi uint64) {
 		if !bytes.Equal(mem.bytesAt(int(blockOf(hi)), 4096), testPayload(4096, seed+byte(hi-h))) {
 			tc.t.Fatalf("%s: write %d: other data stored than sent", what, hi)
 		}
-	}
-	return first
+	})
 }
 
 // A client that keeps 32 writes of 4 KiB in flight is probed, and then its
