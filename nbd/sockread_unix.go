@@ -136,6 +136,7 @@ func (r *sockReader) Read(p []byte) (int, error) {
 // readOnce is the function RawConn.Read calls with the descriptor: it reads
 // into r.p, and returns false to wait on the poller.
 func (r *sockReader) readOnce(fd uintptr) bool {
+	r.gathered = 0
 	var err error
 	if r.alone && openConns.Load() > 1 {
 		err = r.setBlocking(int(fd), false) // another connection needs the processor
@@ -147,7 +148,6 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 		return true
 	}
 	done := false
-	r.gathered = 0
 	if r.gather > 0 && !r.blocking.Load() {
 		r.gatherRead(fd)
 		done = r.err != unix.EINTR
