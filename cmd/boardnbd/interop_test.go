@@ -436,7 +436,8 @@ func runFio(t *testing.T, fio string, args ...string) (fioJob, toolResult) {
 // random; and, after one byte of the file is changed, a verify pass
 // through the server finds exactly that block. The verify passes read 4
 // KiB at depth 32, where the server gathers reads in batches (nbd's
-// gatherState).
+// gatherState); the writes may be too, once a probe has found the depth,
+// as the first half of a connection's first trial gathers (gatherTrial).
 func TestInteropFio(t *testing.T) {
 	fio := requireFioNBD(t)
 	const size = 32 * miB
