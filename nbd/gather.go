@@ -13,6 +13,12 @@ var (
 	probeWait  = time.Millisecond
 )
 
+// probeFound, if set, is told what each probe found: how many requests
+// came. Tests set it, to know when a probe has run; the length of the
+// probe's wait does not tell, as it ends early when the client can send
+// no more (a full receive window).
+var probeFound func(got int)
+
 // probeEvery is how often a connection whose reads gather, or could,
 // measures the client's depth again. Tests lengthen it.
 var probeEvery = 200 * time.Millisecond
@@ -115,6 +121,9 @@ func (g *gatherState) result(met bool, got int) {
 		g.probing, g.short, g.want = false, 0, 0
 		g.probes++
 		g.found[g.probes%probesKept] = got
+		if probeFound != nil {
+			probeFound(got)
+		}
 		if d := slices.Max(g.found[:]); d >= gatherDepthMin {
 			g.want = min(d/2, gatherMost)
 		}

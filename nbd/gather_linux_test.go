@@ -211,27 +211,74 @@ func TestHeldGatherWaits(t *testing.T) {
 	}
 }
 
+// watchProbes makes the connection's reader probe at every wait after
+// taking two or more requests, until a probe finds 32, and returns a
+// channel that gets what each probe finds. A probe on a fresh connection
+// may find fewer than the client keeps in flight: its wait ends when the
+// client can send no more, and the receive window may not yet hold 32
+// writes of 4 KiB. Only the reader reads probeEvery while the test's one
+// connection is open, and it sets it from there.
+func watchProbes(t *testing.T) <-chan int {
+	found := make(chan int, 100)
+	probeEvery = 0
+	probeFound = func(got int) {
+		if got == 32 {
+			probeEvery = time.Hour
+		}
+		select {
+		case found <- got:
+		default:
+		}
+	}
+	t.Cleanup(func() { probeFound = nil })
+	return found
+}
+
+// roundsUntilProbed runs rounds of 32 requests, each answered before the
+// next, until a probe finds 32: the probe in the wait after a round finds
+// the next round. A probe has ended once the reader takes a request after
+// it, so once the round after it is answered. round returns how long its
+// first reply took; roundsUntilProbed, how long it took in the round the
+// probe found.
+func roundsUntilProbed(t *testing.T, probes <-chan int, what string, round func(uint64) time.Duration) time.Duration {
+	t.Helper()
+	var found []int
+	for i := range uint64(20) {
+		d := round(i)
+		for len(probes) > 0 {
+			got := <-probes
+			if got == 32 {
+				return d
+			}
+			found = append(found, got)
+		}
+	}
+	t.Fatalf("20 rounds of 32 %s: no probe found 32 (probes found %v)", what, found)
+	return 0
+}
+
 // A client that keeps 32 small reads in flight is probed, and then its
 // reads are gathered 16 at a time: 8 get no reply until 8 more come.
 // The reader gathers only while it runs requests itself, from a streak
 // of fast storage calls that load on the machine can break, so the test
-// sends rounds until a probe shows, and tries the batch up to 5 times.
+// sends rounds until a probe finds 32, and tries the batch up to 5 times.
 // Over a Unix socket nothing waits.
 func TestReadsAtDepthGather(t *testing.T) {
 	const gather, probe = 100 * time.Millisecond, 300 * time.Millisecond
 	lengthenGatherWaits(t, gather, probe)
+	probes := watchProbes(t)
 	mem, tc := fastMemClient(t, 800*time.Millisecond)
 	mem.with(func() { copy(mem.data, testPayload(1<<20, 7)) })
 
-	// Rounds of 32 until the wait after one probes and finds 32.
-	probed := false
-	for round := uint64(0); round < 20 && !probed; round++ {
+	d := roundsUntilProbed(t, probes, "reads", func(round uint64) time.Duration {
 		sent := time.Now()
 		tc.smallReads(100, 32)
-		probed = tc.readReplies(mem, 100, 32, sent, "a round of 32") >= probe*3/4
-	}
-	if !probed {
-		t.Fatal("20 rounds of 32 reads: none waited for a probe")
+		return tc.readReplies(mem, 100, 32, sent, "a round of 32")
+	})
+	if d < probe*3/4 {
+		// 32 reads fill no receive window: the probe waits its whole time
+		// for the 64 it asks for.
+		t.Fatalf("the round a probe found: first reply after %v, want about %v", d, probe)
 	}
 
 	// Gathering 16: 8 get no reply; 8 more and all 16 get theirs at once.
@@ -319,18 +366,13 @@ func (tc *tclient) writeReplies(mem *memBackend, h uint64, n int, seed byte, sin
 func TestWritesAtDepthGather(t *testing.T) {
 	const gather, probe = 100 * time.Millisecond, 300 * time.Millisecond
 	lengthenGatherWaits(t, gather, probe)
+	probes := watchProbes(t)
 	mem, tc := fastMemClient(t, 800*time.Millisecond)
 
-	// Rounds of 32 until the wait after one probes and finds 32.
-	probed := false
-	for round := uint64(0); round < 20 && !probed; round++ {
-		sent := time.Now()
+	roundsUntilProbed(t, probes, "writes", func(round uint64) time.Duration {
 		tc.smallWrites(100, 32, byte(round))
-		probed = tc.writeReplies(mem, 100, 32, byte(round), sent, "a round of 32") >= probe*3/4
-	}
-	if !probed {
-		t.Fatal("20 rounds of 32 writes: none waited for a probe")
-	}
+		return tc.writeReplies(mem, 100, 32, byte(round), time.Now(), "a round of 32")
+	})
 
 	// until sends what sends, then says whether a reply came within gather/3.
 	until := func(send func()) bool {
