@@ -130,13 +130,13 @@ type conn struct {
 	corked    bool     // the reader holds replies (see cork); only the reader uses it
 	wiov      [][]byte // the writer's vectors, reused
 	wnb       net.Buffers
-	slots     chan *slot // free request slots; bounds requests in flight
-	inflight  sync.WaitGroup
-	nInflight atomic.Int32
-	work      chan *slot   // hands requests to parked workers; nil asks one to exit
-	parked    atomic.Int32 // workers waiting on work
-	fast      atomic.Int32 // the streak of storage calls served from memory
-	procs     int32        // GOMAXPROCS when the connection began
+	slots     chan *slot     // free request slots; bounds requests in flight
+	inflight  sync.WaitGroup // requests handed on, until their handling ends
+	nInflight atomic.Int32   // requests handed on whose replies are not yet queued (slot.counted)
+	work      chan *slot     // hands requests to parked workers; nil asks one to exit
+	parked    atomic.Int32   // workers waiting on work
+	fast      atomic.Int32   // the streak of storage calls served from memory
+	procs     int32          // GOMAXPROCS when the connection began
 	requests  atomic.Uint64
 	trimSeen  uint64 // requests at the last trim check (the trimmer's own)
 	mem       budget
@@ -164,6 +164,9 @@ type slot struct {
 	// sent after iov[0], its header (see splice_linux.go).
 	pipe  *pipe
 	piped int
+	// counted says the request is counted in nInflight: from when the
+	// reader hands it on until its reply is queued (sendIOV).
+	counted bool
 }
 
 // chunk is one content chunk of a structured read reply under construction.
@@ -423,6 +426,7 @@ func (c *conn) transmit() error {
 		}
 		c.inflight.Add(1)
 		c.nInflight.Add(1)
+		s.counted = true
 		c.requests.Add(1)
 		if c.runInline(&req) {
 			c.cork()
@@ -703,8 +707,9 @@ func (c *conn) handle(s *slot) {
 			default:
 			}
 		}
-		// Otherwise s went to the reply queue, whose writer releases it.
-		c.nInflight.Add(-1)
+		// Otherwise s went to the reply queue, whose writer releases it,
+		// and left nInflight there. (After a panic the count stays up;
+		// the connection is closing.)
 		c.inflight.Done()
 	}()
 	r := &s.req
@@ -1169,7 +1174,18 @@ func (c *conn) send(s *slot, bufs ...[]byte) {
 // vectored write, then releases the slots. At depth the replies of many
 // requests share one system call; alone, a reply is written at once by its
 // own goroutine.
+//
+// The request stops counting in nInflight here, before its reply is
+// written: a client at depth 1 answers a reply at once, and its next
+// request must not find this one still counted, or it goes to a worker
+// too (runInline). On a busy machine the worker that wrote a reply was
+// often still on its way out when the next request came, and a client at
+// depth 1 stayed on workers for good.
 func (c *conn) sendIOV(s *slot) {
+	if s.counted {
+		s.counted = false
+		c.nInflight.Add(-1)
+	}
 	c.qmu.Lock()
 	c.queue = append(c.queue, s)
 	if c.writing {
