@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -39,7 +40,9 @@ func startServerOn(t testing.TB, network, addr string, s *Server, exports ...*Ex
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ln) }()
+	testServers.Store(ln.Addr().String(), s)
 	t.Cleanup(func() {
+		testServers.Delete(ln.Addr().String())
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := s.Shutdown(ctx); err != nil {
@@ -50,6 +53,31 @@ func startServerOn(t testing.TB, network, addr string, s *Server, exports ...*Ex
 		}
 	})
 	return ln.Addr().String()
+}
+
+// testServers maps the address of each server startServerOn runs to the
+// server, for streak.
+var testServers sync.Map
+
+// streak is the server's streak of fast storage calls on this connection
+// (conn.fast). Over a Unix socket, whose client end has no address, the
+// server must have only this connection.
+func (tc *tclient) streak() int32 {
+	tc.t.Helper()
+	v, ok := testServers.Load(tc.c.RemoteAddr().String())
+	if !ok {
+		tc.t.Fatalf("no test server at %v", tc.c.RemoteAddr())
+	}
+	s := v.(*Server)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.raw.RemoteAddr().String() == tc.c.LocalAddr().String() || len(s.conns) == 1 {
+			return c.fast.Load()
+		}
+	}
+	tc.t.Fatalf("the server at %v has no connection from %v", tc.c.RemoteAddr(), tc.c.LocalAddr())
+	return 0
 }
 
 // dial connects and reads the greeting, checking it.
