@@ -728,6 +728,10 @@ func (c *conn) handle(s *slot) {
 			// Durable on its own where the storage can: a journal
 			// commit need not flush everything written before it.
 			_, err = backend.WriteAtFUA(c.be, *s.buf, off)
+		} else if s.inline {
+			// Into the page cache, as a system call the runtime does
+			// not see (backend.CachedWriter), as inline reads are.
+			_, err = backend.WriteAtCached(c.be, *s.buf, off)
 		} else {
 			_, err = c.be.WriteAt(*s.buf, off)
 		}

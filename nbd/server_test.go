@@ -1252,3 +1252,61 @@ func TestFUAWriteUsesTheStoragesOwnFUA(t *testing.T) {
 		t.Errorf("FUA WRITE: %d FUA writes and %d flushes, want 1 and 0", fua, flushes)
 	}
 }
+
+// cachedBackend counts the storage calls made the cheaper way, for memory
+// (backend.CachedReader and backend.CachedWriter).
+type cachedBackend struct {
+	*memBackend
+	cachedReads, cachedWrites, writes atomic.Int32
+}
+
+func (b *cachedBackend) ReadAtCached(p []byte, off int64) (int, error) {
+	b.cachedReads.Add(1)
+	return b.memBackend.ReadAt(p, off)
+}
+
+func (b *cachedBackend) WriteAtCached(p []byte, off int64) (int, error) {
+	b.cachedWrites.Add(1)
+	return b.memBackend.WriteAt(p, off)
+}
+
+func (b *cachedBackend) WriteAt(p []byte, off int64) (int, error) {
+	b.writes.Add(1)
+	return b.memBackend.WriteAt(p, off)
+}
+
+// TestInlineCallsUseCachedStorage: requests the reader runs itself, after
+// a streak of fast calls, read and write the cheaper way; the ones before
+// the streak, on workers, do not.
+func TestInlineCallsUseCachedStorage(t *testing.T) {
+	cb := &cachedBackend{memBackend: newMem(testSize)}
+	addr := startServer(t, &Server{}, &Export{
+		Name: "disk",
+		Open: func(net.Addr) (backend.Backend, error) { return cb, nil },
+	})
+	tc := dialFixed(t, addr)
+	tc.goExport("disk", false)
+	write := func(h uint64) {
+		tc.request(0, cmdWrite, h, h*512, 512, bytes.Repeat([]byte{byte(h)}, 512))
+		if e, got := tc.simple(); e != 0 || got != h {
+			t.Fatalf("write = errno %d handle %d", e, got)
+		}
+	}
+	write(1) // the first request runs on a worker: no streak yet
+	if n, m := cb.writes.Load(), cb.cachedWrites.Load(); n != 1 || m != 0 {
+		t.Fatalf("a write before any streak: %d plain, %d cached writes; want 1 plain", n, m)
+	}
+	tc.fastStreak(0)
+	if cb.cachedReads.Load() == 0 {
+		t.Error("no read of the fast streak's ran the cheaper way")
+	}
+	for h := uint64(2); h < 10; h++ {
+		write(h)
+	}
+	if n, m := cb.writes.Load(), cb.cachedWrites.Load(); n != 1 || m != 8 {
+		t.Errorf("8 writes after a fast streak: %d plain, %d cached in all; want 1 and 8", n, m)
+	}
+	if got := cb.bytesAt(9*512, 512); !bytes.Equal(got, bytes.Repeat([]byte{9}, 512)) {
+		t.Error("the last write's bytes are not in the storage")
+	}
+}

@@ -357,6 +357,12 @@ func (c *connStorage) ReadAtCached(p []byte, off int64) (int, error) {
 	return backend.ReadAtCached(c.Backend, p, off)
 }
 
+// WriteAtCached keeps the storage's cheaper write into memory visible
+// through the wrapper.
+func (c *connStorage) WriteAtCached(p []byte, off int64) (int, error) {
+	return backend.WriteAtCached(c.Backend, p, off)
+}
+
 // ReadToPipe keeps the storage's reads into a pipe visible through the
 // wrapper.
 func (c *connStorage) ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error) {

@@ -96,6 +96,27 @@ func ReadAtCached(b Backend, p []byte, off int64) (int, error) {
 	return b.ReadAt(p, off)
 }
 
+// CachedWriter is implemented by storage that can write more cheaply when
+// the caller expects the write to be taken into memory (the page cache)
+// without waiting, as when the same storage has answered from memory many
+// times in a row.
+//
+// WriteAtCached writes like WriteAt. It may keep the calling thread's Go
+// processor while it writes, as ReadAtCached does while it reads; if the
+// write waits after all (on writeback, say), no other goroutine runs on
+// that processor until it returns.
+type CachedWriter interface {
+	WriteAtCached(p []byte, off int64) (int, error)
+}
+
+// WriteAtCached writes with b's WriteAtCached if it has one, else WriteAt.
+func WriteAtCached(b Backend, p []byte, off int64) (int, error) {
+	if cw, ok := b.(CachedWriter); ok {
+		return cw.WriteAtCached(p, off)
+	}
+	return b.WriteAt(p, off)
+}
+
 // PipeReader is implemented by storage that can move bytes into a pipe
 // without copying them through the caller's memory: on Linux, splice(2)
 // from the page cache hands the pipe references to the cached pages. A

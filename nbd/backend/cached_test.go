@@ -62,3 +62,72 @@ func TestReadAtCachedFallsBack(t *testing.T) {
 		t.Errorf("ReadAtCached on a plain backend = %d, %v, %q", n, err, p)
 	}
 }
+
+// TestWriteAtCachedMatchesWriteAt writes the same ranges of two image
+// files, and of slices of them, one with WriteAt and one with
+// WriteAtCached: same counts and errors, same bytes in the files after,
+// including refusals past the end and on a read-only file.
+func TestWriteAtCachedMatchesWriteAt(t *testing.T) {
+	const size = 1<<20 + 512
+	open2 := func(opts Options) (Backend, Backend) {
+		a, b := newImage(t, t.TempDir(), size), newImage(t, t.TempDir(), size)
+		for _, path := range []string{a, b} {
+			if err := os.WriteFile(path, pattern(size, 0x3c), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return openT(t, a, opts), openT(t, b, opts)
+	}
+	fa, fb := open2(Options{})
+	sa, err := NewSlice(fa, 4096, size-4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := NewSlice(fb, 4096, size-4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ra, rb := open2(Options{ReadOnly: true})
+	for _, b := range []struct {
+		name       string
+		plain, raw Backend
+	}{{"file", fa, fb}, {"slice", sa, sb}, {"read-only file", ra, rb}} {
+		if _, ok := b.raw.(CachedWriter); !ok {
+			t.Fatalf("%s: not a CachedWriter", b.name)
+		}
+		n := b.raw.Size()
+		for i, r := range []struct{ off, len int64 }{
+			{0, 4096}, {511, 1 << 20}, {n - 512, 512}, {n - 100, 512}, {n, 512}, {-1, 512}, {n, 0},
+		} {
+			p := pattern(int(r.len), byte(i))
+			n1, err1 := b.plain.WriteAt(p, r.off)
+			n2, err2 := WriteAtCached(b.raw, p, r.off)
+			if n1 != n2 || (err1 == nil) != (err2 == nil) {
+				t.Errorf("%s [%d, +%d): WriteAt = %d, %v; WriteAtCached = %d, %v",
+					b.name, r.off, r.len, n1, err1, n2, err2)
+			}
+		}
+		p1, p2 := make([]byte, n), make([]byte, n)
+		if _, err := b.plain.ReadAt(p1, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.raw.ReadAt(p2, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(p1, p2) {
+			t.Errorf("%s: the files differ after the same writes", b.name)
+		}
+	}
+}
+
+// A backend without WriteAtCached is written with WriteAt.
+func TestWriteAtCachedFallsBack(t *testing.T) {
+	m := newMem(1<<16, Info{})
+	if n, err := WriteAtCached(m, []byte("boardnbd"), 100); n != 8 || err != nil {
+		t.Fatalf("WriteAtCached on a plain backend = %d, %v", n, err)
+	}
+	p := make([]byte, 8)
+	if _, err := m.ReadAt(p, 100); err != nil || string(p) != "boardnbd" {
+		t.Errorf("after WriteAtCached on a plain backend: %q, %v", p, err)
+	}
+}

@@ -214,6 +214,16 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	return n, ioError(err)
 }
 
+// WriteAtCached is WriteAt for a write expected to be taken into the page
+// cache at once (see CachedWriter).
+func (f *File) WriteAtCached(p []byte, off int64) (int, error) {
+	if err := f.checkWrite(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	n, err := f.pwriteCached(p, off)
+	return n, ioError(err)
+}
+
 // checkWrite fails for a read-only File or a range outside the export.
 func (f *File) checkWrite(off, length int64) error {
 	if f.info.ReadOnly {

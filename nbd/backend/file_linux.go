@@ -271,6 +271,26 @@ func (f *File) preadCached(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// pwriteCached writes like os.File.WriteAt, with pwrite(2) made as a raw
+// system call (see preadCached).
+func (f *File) pwriteCached(p []byte, off int64) (int, error) {
+	n := 0
+	for n < len(p) {
+		k, _, e := syscall.RawSyscall6(syscall.SYS_PWRITE64, f.sys.fd,
+			uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n), uintptr(off+int64(n)), 0, 0)
+		switch {
+		case e == syscall.EINTR:
+			continue
+		case e != 0:
+			return n, &fs.PathError{Op: "write", Path: f.desc.Path, Err: e}
+		case k == 0:
+			return n, &fs.PathError{Op: "write", Path: f.desc.Path, Err: io.ErrShortWrite}
+		}
+		n += int(k)
+	}
+	return n, nil
+}
+
 // ReadToPipe moves up to length bytes at off into a pipe with splice(2)
 // (see PipeReader), made as a raw system call if cached (see preadCached).
 func (f *File) ReadToPipe(pipeFD int, off int64, length int, cached bool) (int, error) {

@@ -100,3 +100,6 @@ func (f *File) Extents(dst []Extent, off, length int64) ([]Extent, error) {
 }
 
 func ioError(err error) error { return err }
+
+// pwriteCached is os.File.WriteAt outside Linux.
+func (f *File) pwriteCached(p []byte, off int64) (int, error) { return f.f.WriteAt(p, off) }

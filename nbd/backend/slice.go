@@ -100,6 +100,14 @@ func (s *slice) WriteAt(p []byte, off int64) (int, error) {
 	return s.b.WriteAt(p, s.off+off)
 }
 
+// WriteAtCached keeps the inner storage's WriteAtCached visible.
+func (s *slice) WriteAtCached(p []byte, off int64) (int, error) {
+	if err := checkRange("slice", off, int64(len(p)), s.size); err != nil {
+		return 0, err
+	}
+	return WriteAtCached(s.b, p, s.off+off)
+}
+
 // WriteAtFUA passes a forced-unit-access write through to the storage.
 func (s *slice) WriteAtFUA(p []byte, off int64) (int, error) {
 	if err := checkRange("slice", off, int64(len(p)), s.size); err != nil {
