@@ -254,37 +254,30 @@ func sysfsQueue(major, minor uint32, name string) int64 {
 // system call: the runtime does not see it, so it does not hand the
 // thread's processor to another thread while it copies (see CachedReader).
 func (f *File) preadCached(p []byte, off int64) (int, error) {
-	n := 0
-	for n < len(p) {
-		k, _, e := syscall.RawSyscall6(syscall.SYS_PREAD64, f.sys.fd,
-			uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n), uintptr(off+int64(n)), 0, 0)
-		switch {
-		case e == syscall.EINTR:
-			continue
-		case e != 0:
-			return n, &fs.PathError{Op: "read", Path: f.desc.Path, Err: e}
-		case k == 0:
-			return n, io.EOF
-		}
-		n += int(k)
-	}
-	return n, nil
+	return f.rawAt(syscall.SYS_PREAD64, "read", p, off, io.EOF)
 }
 
 // pwriteCached writes like os.File.WriteAt, with pwrite(2) made as a raw
-// system call (see preadCached).
+// system call (see preadCached and CachedWriter).
 func (f *File) pwriteCached(p []byte, off int64) (int, error) {
+	return f.rawAt(syscall.SYS_PWRITE64, "write", p, off,
+		&fs.PathError{Op: "write", Path: f.desc.Path, Err: io.ErrShortWrite})
+}
+
+// rawAt makes the raw system call trap, pread(2) or pwrite(2), until all
+// of p is done, and returns atZero if a call does nothing.
+func (f *File) rawAt(trap uintptr, op string, p []byte, off int64, atZero error) (int, error) {
 	n := 0
 	for n < len(p) {
-		k, _, e := syscall.RawSyscall6(syscall.SYS_PWRITE64, f.sys.fd,
+		k, _, e := syscall.RawSyscall6(trap, f.sys.fd,
 			uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n), uintptr(off+int64(n)), 0, 0)
 		switch {
 		case e == syscall.EINTR:
 			continue
 		case e != 0:
-			return n, &fs.PathError{Op: "write", Path: f.desc.Path, Err: e}
+			return n, &fs.PathError{Op: op, Path: f.desc.Path, Err: e}
 		case k == 0:
-			return n, &fs.PathError{Op: "write", Path: f.desc.Path, Err: io.ErrShortWrite}
+			return n, atZero
 		}
 		n += int(k)
 	}
