@@ -340,3 +340,22 @@ func TestLoopVanished(t *testing.T) {
 		t.Errorf("Flush() after shutdown = %v, want EIO", err)
 	}
 }
+
+// A raw write that runs out of space fails as WriteAt does, with ENOSPC,
+// which the server sends the client as NBD_ENOSPC: here on a 1 MiB tmpfs
+// holding a sparse 4 MiB image.
+func TestWriteAtCachedOutOfSpace(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	run(t, "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir)
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	f := openT(t, newImage(t, dir, 4<<20), Options{})
+	p := pattern(2<<20, 0x5a)
+	n, err := WriteAtCached(f, p, 0)
+	if !errors.Is(err, syscall.ENOSPC) || n >= len(p) {
+		t.Fatalf("WriteAtCached of 2 MiB on a 1 MiB tmpfs = %d, %v; want fewer bytes and ENOSPC", n, err)
+	}
+	if _, err := f.WriteAt(p, 0); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("WriteAt of 2 MiB on a 1 MiB tmpfs = %v; want ENOSPC", err)
+	}
+}
