@@ -206,21 +206,23 @@ func (f *File) endsAt(pos int64) error {
 }
 
 // WriteAt writes p at off. Writing past the end of the export is an error.
-func (f *File) WriteAt(p []byte, off int64) (int, error) {
-	if err := f.checkWrite(off, int64(len(p))); err != nil {
-		return 0, err
-	}
-	n, err := f.f.WriteAt(p, off)
-	return n, ioError(err)
-}
+func (f *File) WriteAt(p []byte, off int64) (int, error) { return f.writeAt(p, off, false) }
 
 // WriteAtCached is WriteAt for a write expected to be taken into the page
 // cache at once (see CachedWriter).
-func (f *File) WriteAtCached(p []byte, off int64) (int, error) {
+func (f *File) WriteAtCached(p []byte, off int64) (int, error) { return f.writeAt(p, off, true) }
+
+func (f *File) writeAt(p []byte, off int64, cached bool) (int, error) {
 	if err := f.checkWrite(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	n, err := f.pwriteCached(p, off)
+	var n int
+	var err error
+	if cached {
+		n, err = f.pwriteCached(p, off)
+	} else {
+		n, err = f.f.WriteAt(p, off)
+	}
 	return n, ioError(err)
 }
 
