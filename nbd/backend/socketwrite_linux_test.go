@@ -17,8 +17,9 @@ import (
 // whole image, which leaves the kernel one copy instead of two. It reports
 // that thread's CPU seconds per GiB (recv-cpu-s/GiB); the sender runs on
 // another thread and is not counted. The mapping is a measured idea, not
-// how the server writes: see "Received into a mapping" in
-// cmd/nbdbench/HISTORY.md for what building it would take.
+// how the server writes: through a mapping, a page not in memory is read
+// from the storage before it is written, even whole, so it pays only for
+// cached images; see "Received into a mapping" in cmd/nbdbench/HISTORY.md.
 //
 //	go test -run '^$' -bench SocketToPageCache -benchtime 4096x ./nbd/backend/
 func BenchmarkSocketToPageCache(b *testing.B) {
