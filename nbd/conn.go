@@ -1055,7 +1055,7 @@ func (c *conn) readData(s *slot, buf []byte, off int64, splice bool) error {
 		err = c.readAt(s, buf[n:], off+int64(n))
 	}
 	if err != nil {
-		p.close() // it may hold some of the bytes
+		c.pipes.put(p, false) // it may hold some of the bytes
 		return err
 	}
 	c.bytesRead.Add(uint64(n))

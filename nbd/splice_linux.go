@@ -3,6 +3,7 @@
 package nbd
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -101,12 +102,16 @@ func (p *pipe) close() {
 	pipeBytes.Add(-int64(p.size))
 }
 
-// pipePool is one connection's pipes for spliced replies.
+// pipePool is one connection's pipes for spliced replies. It knows the
+// pipes it has handed out too, so that closing the connection closes them
+// even if a request that held one panicked and never gave it back: each
+// is two descriptors and a share of pipeBudget.
 type pipePool struct {
 	off       atomic.Bool // the storage cannot splice, or pipes cannot be had
 	mu        sync.Mutex
 	free      []*pipe
 	freeBytes int
+	out       []*pipe // handed out by get, not yet put back
 	closed    bool
 }
 
@@ -126,37 +131,62 @@ func (pp *pipePool) get(n int) *pipe {
 	}
 	pp.mu.Unlock()
 	if p == nil {
-		return newPipe(size)
-	}
-	if p.size < size && !p.grow(size) && p.size < spliceMin {
-		pp.put(p, true)
+		if p = newPipe(size); p == nil {
+			return nil
+		}
+	} else if p.size < size && !p.grow(size) && p.size < spliceMin {
+		pp.mu.Lock()
+		pp.keep(p)
+		pp.mu.Unlock()
 		return nil
 	}
+	pp.mu.Lock()
+	pp.out = append(pp.out, p)
+	pp.mu.Unlock()
 	return p
 }
 
-// put takes back a pipe: to reuse if empty, else to close.
+// put takes back a pipe that get handed out: to reuse if empty, else to
+// close. One that closeAll has closed already is left alone.
 func (pp *pipePool) put(p *pipe, empty bool) {
 	pp.mu.Lock()
-	if empty && !pp.closed && pp.freeBytes+p.size <= maxFreeBytes {
-		pp.free = append(pp.free, p)
-		pp.freeBytes += p.size
-		p = nil
+	i := slices.Index(pp.out, p)
+	if i < 0 {
+		pp.mu.Unlock()
+		return
+	}
+	last := len(pp.out) - 1
+	pp.out[i], pp.out[last] = pp.out[last], nil
+	pp.out = pp.out[:last]
+	if empty {
+		pp.keep(p)
+		pp.mu.Unlock()
+		return
 	}
 	pp.mu.Unlock()
-	if p != nil {
-		p.close()
-	}
+	p.close()
 }
 
-// closeAll closes the pool's pipes, and any put back after.
+// keep adds an empty pipe to the free ones if there is room, or else
+// closes it. It is called with mu held.
+func (pp *pipePool) keep(p *pipe) {
+	if pp.closed || pp.freeBytes+p.size > maxFreeBytes {
+		p.close()
+		return
+	}
+	pp.free = append(pp.free, p)
+	pp.freeBytes += p.size
+}
+
+// closeAll closes the pool's pipes, those handed out and not put back
+// included; a pipe put back after is closed already, or is closed then.
 func (pp *pipePool) closeAll() {
 	pp.mu.Lock()
 	pp.closed = true
-	free := pp.free
-	pp.free, pp.freeBytes = nil, 0
+	pipes := append(pp.free, pp.out...)
+	pp.free, pp.freeBytes, pp.out = nil, 0, nil
 	pp.mu.Unlock()
-	for _, p := range free {
+	for _, p := range pipes {
 		p.close()
 	}
 }

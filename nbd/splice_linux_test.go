@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"boardnbd/nbd/backend"
 )
@@ -23,6 +24,7 @@ type pipeFile struct {
 	piped       int // bytes they moved
 	failAfter   int // >= 0: the next call moves at most this many bytes, then fails
 	unsupported bool
+	panics      bool // the next call moves what it can, then panics
 }
 
 func (p *pipeFile) ReadToPipe(fd int, off int64, n int, cached bool) (int, error) {
@@ -39,6 +41,10 @@ func (p *pipeFile) ReadToPipe(fd int, off int64, n int, cached bool) (int, error
 	}
 	k, err := p.File.ReadToPipe(fd, off, n, cached)
 	p.piped += k
+	if p.panics {
+		p.panics = false
+		panic("test: storage bug")
+	}
 	if fail && err == nil {
 		err = errInjected
 	}
@@ -265,6 +271,40 @@ func TestPipeBudget(t *testing.T) {
 	}
 	if got := pipeBytes.Load(); got != start {
 		t.Errorf("pipe bytes after closing = %d, want %d as before", got, start)
+	}
+}
+
+// TestSplicePanicClosesPipes checks that a request that panics while its
+// pipe holds data closes only its connection, and that the pipe is closed
+// with it, giving its share of pipeBudget back; the server goes on serving.
+func TestSplicePanicClosesPipes(t *testing.T) {
+	start := pipeBytes.Load()
+	addr, pf, data := splicedExport(t, "tcp", 2<<20)
+	srv, _ := testServers.Load(addr)
+	pf.mu.Lock()
+	pf.panics = true
+	pf.mu.Unlock()
+	tc := dialFixed(t, addr)
+	tc.goExport("img", false)
+	tc.request(0, cmdRead, 1, 0, spliceMin, nil)
+	tc.closed()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.(*Server).Connections() > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := pipeBytes.Load(); got != start {
+		t.Errorf("pipe bytes after the connection ended = %d, want %d as before", got, start)
+	}
+
+	tc = dialFixed(t, addr)
+	tc.goExport("img", false)
+	tc.request(0, cmdRead, 2, spliceMin, spliceMin, nil)
+	_, errno, got := tc.readReply(false, map[uint64]uint32{2: spliceMin})
+	if errno != 0 || !bytes.Equal(got, data[spliceMin:2*spliceMin]) {
+		t.Fatalf("read on a new connection: error %d, data equal %v", errno, bytes.Equal(got, data[spliceMin:2*spliceMin]))
+	}
+	if calls, _ := pf.counts(); calls != 2 {
+		t.Errorf("ReadToPipe calls = %d, want 2", calls)
 	}
 }
 
