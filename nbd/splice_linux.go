@@ -128,21 +128,21 @@ func (pp *pipePool) get(n int) *pipe {
 		p = pp.free[k-1]
 		pp.free = pp.free[:k-1]
 		pp.freeBytes -= p.size
+		pp.out = append(pp.out, p)
 	}
 	pp.mu.Unlock()
 	if p == nil {
 		if p = newPipe(size); p == nil {
 			return nil
 		}
-	} else if p.size < size && !p.grow(size) && p.size < spliceMin {
 		pp.mu.Lock()
-		pp.keep(p)
+		pp.out = append(pp.out, p)
 		pp.mu.Unlock()
+	}
+	if p.size < size && !p.grow(size) && p.size < spliceMin {
+		pp.put(p, true)
 		return nil
 	}
-	pp.mu.Lock()
-	pp.out = append(pp.out, p)
-	pp.mu.Unlock()
 	return p
 }
 
