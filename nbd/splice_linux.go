@@ -158,24 +158,15 @@ func (pp *pipePool) put(p *pipe, empty bool) {
 	last := len(pp.out) - 1
 	pp.out[i], pp.out[last] = pp.out[last], nil
 	pp.out = pp.out[:last]
-	if empty {
-		pp.keep(p)
-		pp.mu.Unlock()
-		return
+	if empty && !pp.closed && pp.freeBytes+p.size <= maxFreeBytes {
+		pp.free = append(pp.free, p)
+		pp.freeBytes += p.size
+		p = nil
 	}
 	pp.mu.Unlock()
-	p.close()
-}
-
-// keep adds an empty pipe to the free ones if there is room, or else
-// closes it. It is called with mu held.
-func (pp *pipePool) keep(p *pipe) {
-	if pp.closed || pp.freeBytes+p.size > maxFreeBytes {
+	if p != nil {
 		p.close()
-		return
 	}
-	pp.free = append(pp.free, p)
-	pp.freeBytes += p.size
 }
 
 // closeAll closes the pool's pipes, those handed out and not put back
