@@ -18,10 +18,11 @@ import (
 // image, which leaves the kernel one copy instead of two; and received
 // and written in pieces of the payload. It reports that thread's CPU
 // seconds per GiB (recv-cpu-s/GiB); the sender runs on another thread and
-// is not counted. The mapping is a measured idea, not
-// how the server writes: through a mapping, a page not in memory is read
-// from the storage before it is written, even whole, so it pays only for
-// cached images; see "Received into a mapping" in cmd/nbdbench/HISTORY.md.
+// is not counted. The mapping and the pieces are measured ideas, not how
+// the server writes: through a mapping, a page not in memory is read from
+// the storage before it is written, even whole, so it pays only for cached
+// images, and pieces cost more calls than the cache saves; see "Received
+// into a mapping" in cmd/nbdbench/HISTORY.md.
 //
 //	go test -run '^$' -bench SocketToPageCache -benchtime 4096x ./nbd/backend/
 func BenchmarkSocketToPageCache(b *testing.B) {
@@ -58,8 +59,7 @@ func BenchmarkSocketToPageCache(b *testing.B) {
 		}},
 	}
 	// Received and written a piece at a time, so that the buffer stays in
-	// the processor's cache between the two copies: a measured idea too,
-	// and it costs more than it saves (HISTORY.md).
+	// the processor's cache between the two copies.
 	for _, piece := range []int{64 << 10, 16 << 10} {
 		ways = append(ways, way{fmt.Sprintf("recv+pwrite-by-%dKiB", piece>>10), func(sock int, off int64) error {
 			for done := 0; done < chunk; done += piece {
