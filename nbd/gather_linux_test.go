@@ -112,7 +112,9 @@ func stillWaiting(t *testing.T, done <-chan readResult, d time.Duration, what st
 // A gathering read returns once all its headers have come, or when its
 // wait runs out with what came; one that finds nothing takes the
 // low-water mark away before it waits on the runtime's poller, which then
-// wakes for a single header.
+// wakes for a single header. From the first gathering read until the
+// reader waits on the poller, the socket is out of the runtime's epoll
+// set.
 func TestGatherReadWaitsForTheMark(t *testing.T) {
 	const within = 300 * time.Millisecond
 	client, server := tcpPair(t)
@@ -120,6 +122,15 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 	if !r.canMark() {
 		t.Fatal("a TCP socket cannot gather")
 	}
+	fd := -1
+	rawConnOf(server).Control(func(d uintptr) { fd = int(d) })
+	polled := func(want bool, when string) {
+		t.Helper()
+		if got := inRuntimePoller(t, fd); got != want {
+			t.Fatalf("%s: socket in the runtime's epoll set %v, want %v", when, got, want)
+		}
+	}
+	polled(true, "before any read")
 	send := func(n int) time.Time { return sendHeaders(t, client, n) }
 	get := func(done <-chan readResult, what string) readResult { return gathered(t, done, what) }
 
@@ -133,12 +144,15 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 			res.n, r.gathered, res.at.Sub(sent), 16*requestLen)
 	}
 
+	polled(false, "after a gathering read")
+
 	// 2 of 16: the wait runs out.
 	sent = send(2)
 	if res := get(gatherOnce(r, 16, within), "2 of 16"); res.n != 2*requestLen || r.gathered != res.n || res.at.Sub(sent) < within*3/4 {
 		t.Fatalf("2 of 16: %d bytes, gathered %d, %v after they came, want %d after about %v",
 			res.n, r.gathered, res.at.Sub(sent), 2*requestLen, within)
 	}
+	polled(false, "after a gathering read whose wait ran out")
 
 	// Nothing until the wait has run out, then one header.
 	done = gatherOnce(r, 16, within/3)
@@ -148,6 +162,7 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 		t.Fatalf("1 header after an empty wait: %d bytes, %v after it came, want %d at once",
 			res.n, res.at.Sub(sent), requestLen)
 	}
+	polled(true, "after the reader waited on the poller")
 
 	// A Unix socket's poll(2) ignores the mark: it never gathers.
 	ln, err := net.Listen("unix", t.TempDir()+"/s")

@@ -194,6 +194,11 @@ func (r *sockReader) readOnce(fd uintptr) bool {
 			r.n, r.err = 0, err
 			return true
 		}
+	} else if err := r.hide.show(int(fd)); err != nil {
+		// A gathering read hid the socket (gatherRead); it must be back
+		// in the poller's set before the reader waits there.
+		r.n, r.err = 0, err
+		return true
 	}
 	return false
 }
