@@ -723,19 +723,7 @@ func (c *conn) handle(s *slot) {
 		c.blockStatus(s)
 		return
 	case cmdWrite:
-		call := c.beginStorage(false, len(*s.buf))
-		if r.flags&cmdFlagFUA != 0 {
-			// Durable on its own where the storage can: a journal
-			// commit need not flush everything written before it.
-			_, err = backend.WriteAtFUA(c.be, *s.buf, off)
-		} else if s.inline {
-			// Into the page cache, as a system call the runtime does
-			// not see (backend.CachedWriter), as inline reads are.
-			_, err = backend.WriteAtCached(c.be, *s.buf, off)
-		} else {
-			_, err = c.be.WriteAt(*s.buf, off)
-		}
-		c.timeStorage(call, len(*s.buf))
+		err = c.writeAt(s, off)
 		if err == nil {
 			c.bytesWritten.Add(uint64(n))
 		}
@@ -767,6 +755,26 @@ func (c *conn) handle(s *slot) {
 	c.send(s, s.hdr[:simpleReplyLen])
 }
 
+// writeAt writes s's payload to the backend at off.
+func (c *conn) writeAt(s *slot, off int64) error {
+	call := c.beginStorage(false, len(*s.buf))
+	defer call.abandon()
+	var err error
+	if s.req.flags&cmdFlagFUA != 0 {
+		// Durable on its own where the storage can: a journal
+		// commit need not flush everything written before it.
+		_, err = backend.WriteAtFUA(c.be, *s.buf, off)
+	} else if s.inline {
+		// Into the page cache, as a system call the runtime does
+		// not see (backend.CachedWriter), as inline reads are.
+		_, err = backend.WriteAtCached(c.be, *s.buf, off)
+	} else {
+		_, err = c.be.WriteAt(*s.buf, off)
+	}
+	c.timeStorage(&call, len(*s.buf))
+	return err
+}
+
 // storageBusy counts the storage calls in progress in this process.
 var storageBusy atomic.Int32
 
@@ -782,12 +790,27 @@ type storageCall struct {
 	crowded bool // more storage calls than processors when it began
 	read    bool
 	sleeps  int64 // the thread's sleeps when a large call began; -1 if not counted
+	ended   bool  // timeStorage has counted it
+}
+
+// abandon ends a call that never reached timeStorage, because the storage
+// panicked: it no longer counts in storageBusy, which every connection's
+// reads are judged by, and the goroutine leaves its thread. Deferred by
+// every caller of beginStorage.
+func (call *storageCall) abandon() {
+	if call.ended {
+		return
+	}
+	call.ended = true
+	storageBusy.Add(-1)
+	if call.sleeps >= 0 {
+		runtime.UnlockOSThread()
+	}
 }
 
 // beginStorage starts timing a storage call of n bytes. For a large call it
 // also counts the thread's sleeps so far, and keeps the goroutine on the
-// thread until timeStorage. (Should the storage call panic, the goroutine
-// stays on it; its connection then closes, and the thread ends with it.)
+// thread until timeStorage (or abandon).
 func (c *conn) beginStorage(read bool, n int) storageCall {
 	k := storageBusy.Add(1)
 	call := storageCall{crowded: k > c.procs, read: read, sleeps: -1}
@@ -820,7 +843,8 @@ func (c *conn) beginStorage(read bool, n int) storageCall {
 // alone, under a quota of 0.3 of a core, one 256 KiB write in 40 to 50
 // was stopped halfway and judged slow, and up to a fifth of a copy's
 // writes went to workers.
-func (c *conn) timeStorage(call storageCall, n int) {
+func (c *conn) timeStorage(call *storageCall, n int) {
+	call.ended = true
 	d := time.Since(call.start)
 	fast := servedFromMemory(d, n)
 	if call.sleeps >= 0 {
@@ -1044,8 +1068,9 @@ func (c *conn) readData(s *slot, buf []byte, off int64, splice bool) error {
 	// thread's sleeps: a splice copies nothing and is over in a few
 	// microseconds, too soon for a CPU quota to stop it in the middle.
 	call := c.beginStorage(true, 0)
+	defer call.abandon()
 	n, err := backend.ReadToPipe(c.be, p.w, off, len(buf), s.inline)
-	c.timeStorage(call, n)
+	c.timeStorage(&call, n)
 	if errors.Is(err, backend.ErrNotSupported) {
 		c.pipes.disable()
 		c.pipes.put(p, true)
@@ -1066,6 +1091,7 @@ func (c *conn) readData(s *slot, buf []byte, off int64, splice bool) error {
 // readAt fills buf from the backend for s; a short read is an I/O error.
 func (c *conn) readAt(s *slot, buf []byte, off int64) error {
 	call := c.beginStorage(true, len(buf))
+	defer call.abandon()
 	var n int
 	var err error
 	if s.inline {
@@ -1073,7 +1099,7 @@ func (c *conn) readAt(s *slot, buf []byte, off int64) error {
 	} else {
 		n, err = c.be.ReadAt(buf, off)
 	}
-	c.timeStorage(call, len(buf))
+	c.timeStorage(&call, len(buf))
 	if n == len(buf) {
 		c.bytesRead.Add(uint64(n))
 		return nil

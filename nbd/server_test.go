@@ -775,7 +775,7 @@ func TestStoppedLargeCallsCountAsFast(t *testing.T) {
 		c.fast.Store(streakMax)
 		call := c.beginStorage(true, n)
 		wait()
-		c.timeStorage(call, n)
+		c.timeStorage(&call, n)
 		return c.fast.Load() == streakMax, threadSleeps() != before
 	}
 	slow := 0
@@ -803,6 +803,50 @@ func TestStoppedLargeCallsCountAsFast(t *testing.T) {
 	}
 	if fast, _ := judge(sleepCheckMin-1, busy); fast {
 		t.Error("a call under sleepCheckMin kept busy for 2 ms judged served from memory; want it judged by its time, slow")
+	}
+}
+
+// panicBackend's reads and writes panic, as a storage bug would.
+type panicBackend struct{ *memBackend }
+
+func (panicBackend) ReadAt([]byte, int64) (int, error)  { panic("test: storage bug") }
+func (panicBackend) WriteAt([]byte, int64) (int, error) { panic("test: storage bug") }
+
+// A read or write whose storage panics closes its connection, and stops
+// counting as a storage call in progress: the process-wide count judges
+// every later connection's reads, and one left counted for good made them
+// look crowded, and run on workers, on a two-core machine after two such
+// panics.
+func TestStoragePanicEndsItsCount(t *testing.T) {
+	start := storageBusy.Load()
+	s := &Server{}
+	addr := startServer(t, s, &Export{
+		Name: "disk",
+		Open: func(net.Addr) (backend.Backend, error) { return panicBackend{newMem(testSize)}, nil },
+	})
+	for _, tt := range []struct {
+		typ uint16
+		n   uint32
+	}{{cmdRead, 512}, {cmdRead, sleepCheckMin}, {cmdWrite, 512}, {cmdWrite, sleepCheckMin}} {
+		tc := dialFixed(t, addr)
+		tc.goExport("disk", false)
+		var payload []byte
+		if tt.typ == cmdWrite {
+			payload = make([]byte, tt.n)
+		}
+		tc.request(0, tt.typ, 1, 0, tt.n, payload)
+		tc.closed()
+		deadline := time.Now().Add(5 * time.Second)
+		for s.Connections() > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("type %d, %d bytes: the panicked connection is still being served after 5s", tt.typ, tt.n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if got := storageBusy.Load(); got != start {
+			t.Fatalf("type %d, %d bytes: %d storage calls in progress after the panic, want %d as before",
+				tt.typ, tt.n, got, start)
+		}
 	}
 }
 

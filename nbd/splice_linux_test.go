@@ -276,9 +276,10 @@ func TestPipeBudget(t *testing.T) {
 
 // TestSplicePanicClosesPipes checks that a request that panics while its
 // pipe holds data closes only its connection, and that the pipe is closed
-// with it, giving its share of pipeBudget back; the server goes on serving.
+// with it, giving its share of pipeBudget back, and its storage call stops
+// counting as in progress; the server goes on serving.
 func TestSplicePanicClosesPipes(t *testing.T) {
-	start := pipeBytes.Load()
+	start, busy := pipeBytes.Load(), storageBusy.Load()
 	addr, pf, data := splicedExport(t, "tcp", 2<<20)
 	srv, _ := testServers.Load(addr)
 	pf.mu.Lock()
@@ -297,6 +298,9 @@ func TestSplicePanicClosesPipes(t *testing.T) {
 	}
 	if got := pipeBytes.Load(); got != start {
 		t.Errorf("pipe bytes after the connection ended = %d, want %d as before", got, start)
+	}
+	if got := storageBusy.Load(); got != busy {
+		t.Errorf("storage calls in progress after the connection ended = %d, want %d as before", got, busy)
 	}
 
 	tc = dialFixed(t, addr)
