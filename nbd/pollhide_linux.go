@@ -38,8 +38,9 @@ import (
 //
 // The reader hides the socket when it enters blocking mode and shows it
 // when it leaves, and hides it for a gathering read too (gatherRead),
-// showing it before it next waits on the poller; a writer that finds the socket full shows it before it
-// waits on the poller, and while a writer waits the socket is not hidden.
+// showing it before it next waits on the poller; a writer that finds the
+// socket full shows it before it waits on the poller, and while a writer
+// waits the socket is not hidden.
 // Both run inside RawConn callbacks, while the runtime holds the descriptor
 // open: a descriptor number that was closed and reused is never touched.
 type pollHide struct {
