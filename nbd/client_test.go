@@ -294,3 +294,16 @@ func (tc *tclient) closed() {
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+// waitServedNone waits up to 5 s for s to serve no connection, as after a
+// connection was closed for a panic.
+func waitServedNone(t testing.TB, s *Server, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Connections() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the panicked connection is still being served after 5s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

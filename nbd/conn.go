@@ -801,7 +801,6 @@ func (call *storageCall) abandon() {
 	if call.ended {
 		return
 	}
-	call.ended = true
 	storageBusy.Add(-1)
 	if call.sleeps >= 0 {
 		runtime.UnlockOSThread()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"runtime"
 	"runtime/debug"
@@ -836,13 +837,7 @@ func TestStoragePanicEndsItsCount(t *testing.T) {
 		}
 		tc.request(0, tt.typ, 1, 0, tt.n, payload)
 		tc.closed()
-		deadline := time.Now().Add(5 * time.Second)
-		for s.Connections() > 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("type %d, %d bytes: the panicked connection is still being served after 5s", tt.typ, tt.n)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		waitServedNone(t, s, fmt.Sprintf("type %d, %d bytes", tt.typ, tt.n))
 		if got := storageBusy.Load(); got != start {
 			t.Fatalf("type %d, %d bytes: %d storage calls in progress after the panic, want %d as before",
 				tt.typ, tt.n, got, start)
