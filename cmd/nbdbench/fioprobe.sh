@@ -23,18 +23,20 @@ set -euo pipefail
 
 rw=randwrite rounds=3 secs=5 port=10811
 spin=() cpin=() # taskset and its CPUs, if pinned
+usage() {
+	sed -n '7,13p' "$0" >&2
+	exit 2
+}
 while getopts w:r:t:s:c: o; do
 	case $o in
 	w) rw=$OPTARG ;; r) rounds=$OPTARG ;; t) secs=$OPTARG ;;
 	s) spin=(taskset -c "$OPTARG") ;; c) cpin=(taskset -c "$OPTARG") ;;
-	*) exit 2 ;;
+	*) usage ;;
 	esac
 done
 shift $((OPTIND - 1))
-if [ $# -lt 2 ] || [ "$secs" -lt 4 ] || ! [[ $rw =~ ^rand(read|write)$ ]]; then
-	sed -n '6,13p' "$0" >&2
-	exit 2
-fi
+[[ $rw =~ ^rand(read|write)$ && $rounds =~ ^[1-9][0-9]*$ && $secs =~ ^[0-9]+$ ]] || usage
+[[ $# -ge 2 && $secs -ge 4 ]] || usage
 image=$(realpath "$1")
 shift
 for t in fio perf ss; do
