@@ -4,13 +4,17 @@
 # the client's time goes, which is what sets the pace when fio runs near
 # 100% of its core.
 #
-#   cmd/nbdbench/fioprobe.sh [options] IMAGE SERVER...
+#   cmd/nbdbench/fioprobe.sh [options] SERVER...
 #
 # SERVER is a boardnbd binary or "nbdkit" (file plugin). Options:
 #   -w randread|randwrite   fio's workload (randwrite)
 #   -r ROUNDS               servers take turns this many times (3)
 #   -t SECONDS              each fio run's length, at least 4 (5)
 #   -s CPUS -c CPUS         pin the server and fio with taskset (unpinned)
+#   -m MIB                  the image's size (1024)
+#
+# The servers serve an image the probe makes and removes: in /dev/shm if
+# there is one, as the bench's are, and filled with data, not holes.
 #
 # Per run it prints: IOPS; fio's and the server's CPU per I/O (µs, from
 # /proc); fio's system calls per I/O (perf stat on its syscall
@@ -21,30 +25,33 @@
 # "nbdkit", nbdkit. Traffic stays on 127.0.0.1; every run ends by itself.
 set -euo pipefail
 
-rw=randwrite rounds=3 secs=5 port=10811
+rw=randwrite rounds=3 secs=5 mib=1024 port=10811
 spin=() cpin=() # taskset and its CPUs, if pinned
 usage() {
-	sed -n '7,13p' "$0" >&2
+	sed -n '7,14p' "$0" >&2
 	exit 2
 }
-while getopts w:r:t:s:c: o; do
+while getopts w:r:t:s:c:m: o; do
 	case $o in
-	w) rw=$OPTARG ;; r) rounds=$OPTARG ;; t) secs=$OPTARG ;;
+	w) rw=$OPTARG ;; r) rounds=$OPTARG ;; t) secs=$OPTARG ;; m) mib=$OPTARG ;;
 	s) spin=(taskset -c "$OPTARG") ;; c) cpin=(taskset -c "$OPTARG") ;;
 	*) usage ;;
 	esac
 done
 shift $((OPTIND - 1))
-[[ $rw =~ ^rand(read|write)$ && $rounds =~ ^[1-9][0-9]*$ && $secs =~ ^[0-9]+$ ]] || usage
-[[ $# -ge 2 && $secs -ge 4 ]] || usage
-image=$(realpath "$1")
-shift
+[[ $rw =~ ^rand(read|write)$ && $rounds =~ ^[1-9][0-9]*$ && $secs =~ ^[0-9]+$ && $mib =~ ^[1-9][0-9]*$ ]] || usage
+[[ $# -ge 1 && $secs -ge 4 ]] || usage
 for t in fio perf ss; do
 	command -v $t >/dev/null || { echo "fioprobe: $t is missing" >&2; exit 1; }
 done
-work=$(mktemp -d)
+shm=/dev/shm
+[ -d $shm ] || shm=${TMPDIR:-/tmp}
+work=$(mktemp -d "$shm/fioprobe.XXXXXX")
 trap 'echo "fioprobe: failed at line $LINENO" >&2' ERR
 trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$work"' EXIT
+image=$work/probe.img
+head -c 1M /dev/urandom >"$work/chunk"
+for _ in $(seq "$mib"); do cat "$work/chunk"; done >"$image"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # sched sums run and wait nanoseconds over every thread of the given pids.
@@ -69,6 +76,7 @@ probe() {
 	fi
 	pid=$!
 	sleep 0.5
+	kill -0 $pid 2>/dev/null || { echo "fioprobe: $srv did not start" >&2; exit 1; }
 	local ev=context-switches
 	for s in poll ppoll recvfrom recvmsg sendto sendmsg; do ev+=,syscalls:sys_enter_$s; done
 	local t0
