@@ -86,7 +86,8 @@ const (
 // is busy with the other half of its replies meanwhile.
 //
 // Writes gather too, counted in their size on the wire (conn.unit), but only
-// where a trial finds them quicker for it (gatherTrial).
+// where a trial finds them quicker for it (gatherTrial), and their wait is
+// a nap rather than a wait on the mark (gatherRead).
 type gatherState struct {
 	trial   gatherTrial
 	want    int             // requests a gathering wait waits for; 0 if waits do not gather

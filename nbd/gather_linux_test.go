@@ -2,10 +2,13 @@ package nbd
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // smallReads sends n reads of 512 bytes, handles from h, in one write.
@@ -65,7 +68,12 @@ type readResult struct {
 // gatherOnce starts one gathering read of want request headers, waiting up
 // to within, on r in a goroutine.
 func gatherOnce(r *sockReader, want int, within time.Duration) <-chan readResult {
-	r.gather, r.gatherIn = want*requestLen, within
+	return gatherBytes(r, want*requestLen, within)
+}
+
+// gatherBytes is gatherOnce for a batch of want bytes.
+func gatherBytes(r *sockReader, want int, within time.Duration) <-chan readResult {
+	r.gather, r.gatherIn = want, within
 	done := make(chan readResult, 1)
 	go func() {
 		n, err := r.Read(make([]byte, readBufferSize))
@@ -177,6 +185,95 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 	defer u.Close()
 	if newSockReader(u).canMark() {
 		t.Error("a Unix socket can gather")
+	}
+}
+
+// A gathering read of writes (gatherNap) sleeps out its wait rather than
+// wait on the low-water mark: while a mark is set and not yet met, the
+// kernel acknowledges every second segment that comes, and on loopback the
+// client pays for each of those ACKs in its own send (fioprobe.sh counts
+// them). So during the nap the socket has no mark, and the batch's coming
+// does not end the nap; a nap that holds its processor lasts as long,
+// through the runtime's preemption signals. A batch that is there when the
+// read begins costs no nap.
+func TestGatherNapLeavesTheMark(t *testing.T) {
+	const within = 300 * time.Millisecond
+	const n, write = 16, requestLen + 4096 // 16 writes of 4 KiB, on the wire
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	client, server := tcpPair(t)
+	r := newSockReader(server)
+	r.gatherNap = true
+	fd := -1
+	rawConnOf(server).Control(func(d uintptr) { fd = int(d) })
+	// sendWrites sends the batch a write at a time, as a client at depth
+	// sends each write as it gets a reply, and waits until all of it has
+	// come (TCP may pace a sender's segments), failing if the gathering
+	// read in flight, if any, returns meanwhile.
+	sendWrites := func(what string, done <-chan readResult) {
+		t.Helper()
+		for range n {
+			if _, err := client.Write(make([]byte, write)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			inq, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if inq >= n*write {
+				return
+			}
+			select {
+			case res := <-done:
+				t.Fatalf("%s: the read returned %d bytes while the batch came", what, res.n)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d bytes came within 5 s", inq, n*write)
+			}
+		}
+	}
+	// batch checks that a read counted the whole batch, and takes the rest.
+	batch := func(res readResult, what string) {
+		t.Helper()
+		if res.n == 0 || r.gathered != n*write {
+			t.Fatalf("%s: read %d bytes, gathered %d, want all %d", what, res.n, r.gathered, n*write)
+		}
+		if _, err := io.ReadFull(server, make([]byte, n*write-res.n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	napping := func(what string) {
+		t.Helper()
+		begun := time.Now()
+		done := gatherBytes(r, n*write, within)
+		stillWaiting(t, done, within/4, what+": before the batch")
+		sendWrites(what, done)
+		if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT); err != nil || v > 1 {
+			t.Fatalf("%s: SO_RCVLOWAT %d (%v), want none (0 or 1)", what, v, err)
+		}
+		stillWaiting(t, done, within/4, what+": the batch came")
+		res := gathered(t, done, what)
+		batch(res, what)
+		if d := res.at.Sub(begun); d < within*3/4 {
+			t.Fatalf("%s: read %v after the nap began, want about %v", what, d, within)
+		}
+	}
+
+	napping("a nap")
+	r.gatherHold = true
+	napping("a held nap")
+	if k := blockingConns.Load(); k != 0 {
+		t.Fatalf("after a held nap: %d sleep places taken, want 0", k)
+	}
+
+	sendWrites("a batch already there", nil)
+	begun := time.Now()
+	res := gathered(t, gatherBytes(r, n*write, within), "a batch already there")
+	batch(res, "a batch already there")
+	if d := res.at.Sub(begun); d > within/4 {
+		t.Fatalf("a batch already there: read %v after it began, want at once", d)
 	}
 }
 
@@ -296,7 +393,8 @@ func TestReadsAtDepthGather(t *testing.T) {
 		t.Fatalf("the round a probe found: first reply after %v, want about %v", d, probe)
 	}
 
-	// Gathering 16: 8 get no reply; 8 more and all 16 get theirs at once.
+	// Gathering 16: 8 get no reply; 8 more, and all 16 get theirs when the
+	// wait runs out, which began before the first 8 were sent.
 	const tries = 5
 	for try := 1; ; try++ {
 		tc.smallReads(300, 8)
@@ -373,9 +471,10 @@ func (tc *tclient) writeReplies(mem *memBackend, h uint64, n int, seed byte, sin
 }
 
 // A client that keeps 32 writes of 4 KiB in flight is probed, and then its
-// writes are gathered 16 at a time, as reads are: 8 get no reply until 8
-// more come, then all 16 at once, their payloads larger than the reader's
-// buffer. A batch that stops partway through a payload is answered up to
+// writes are gathered 16 at a time, as reads are, but the wait for them is
+// a nap (TestGatherNapLeavesTheMark): 8 get no reply, 8 more come, and all
+// 16 get theirs when the wait runs out, their payloads larger than the
+// reader's buffer. A batch that stops partway through a payload is answered up to
 // there: the reader does not hold replies while it waits for the rest.
 // (See TestReadsAtDepthGather for why the test tries more than once.)
 func TestWritesAtDepthGather(t *testing.T) {
@@ -408,7 +507,8 @@ func TestWritesAtDepthGather(t *testing.T) {
 		}
 	}
 
-	// Gathering 16: 8 get no reply; 8 more and all 16 get theirs at once.
+	// Gathering 16: 8 get no reply; 8 more, and all 16 get theirs when the
+	// wait runs out, which began before the first 8 were sent.
 	for try := 1; ; try++ {
 		if until(func() { tc.smallWrites(300, 8, 60) }) {
 			tc.writeReplies(mem, 300, 8, 60, time.Now(), "8 answered without gathering")
@@ -417,8 +517,8 @@ func TestWritesAtDepthGather(t *testing.T) {
 		}
 		sent := time.Now()
 		tc.write(writeBatch(308, 8, 68))
-		if d := tc.writeReplies(mem, 300, 16, 60, sent, "a batch of 16"); d > gather/3 {
-			t.Fatalf("a batch of 16: first reply %v after the last request, want it at once", d)
+		if d := tc.writeReplies(mem, 300, 16, 60, sent, "a batch of 16"); d < gather/3 || d > gather {
+			t.Fatalf("a batch of 16: first reply %v after the last request, want it when the wait of %v ran out, about %v after", d, gather, gather*2/3)
 		}
 		break
 	}
