@@ -330,8 +330,7 @@ func (c *conn) transmit() error {
 					n, d := c.gathering.next(waitFrom, c.batch, c.requests.Load(), c.smallWrite)
 					c.sock.gather, c.sock.gatherIn = max(n*c.unit-c.br.Buffered(), 0), d
 					asked = n
-					c.sock.gatherHold = !c.gathering.probing // a probe waits too long to hold it
-					c.sock.gatherNap = c.smallWrite && !c.gathering.probing
+					c.sock.gatherProbe = c.gathering.probing
 				}
 				small := c.sock.gatherIn == 0 && c.smallWrites()
 				c.sock.lone = one || c.bulk || small

@@ -52,11 +52,10 @@ const (
 
 // gatherState makes the reader, when it has answered everything and waits
 // for a client that keeps many small reads in flight, wait for a batch of
-// requests rather than for the first: the socket's low-water mark
-// (SO_RCVLOWAT) is set to the batch's headers and the reader sleeps in
-// ppoll(2) until they have all come, or gatherWait (gatherRead,
-// gather_linux.go). It then reads the batch at once, runs it, and sends
-// every reply in one write.
+// requests rather than for the first: unless the batch is there already,
+// the reader sleeps for gatherWait (a nap; gatherRead, gather_linux.go).
+// It then reads what came at once, runs it, and sends every reply in one
+// write.
 //
 // Why: at depth 32 a reader that takes each request as it comes reads one
 // or two at a time, since it is quicker than the client, and so pays a
@@ -75,8 +74,9 @@ const (
 //
 // The depth is measured by a probe, at most every probeEvery and only when
 // the reader last found two or more requests together (a client at depth 1
-// is never probed): a wait for probeMost requests, or probeWait, long
-// enough for a client to answer every reply it holds. The most requests
+// is never probed): a wait on the socket's low-water mark (SO_RCVLOWAT)
+// for probeMost requests, or probeWait, long enough for a client to answer
+// every reply it holds. The most requests
 // that came in the last probesKept probes are its depth, since a client
 // that is busy elsewhere, or slow for a moment, sends only part of it
 // within probeWait. Gathering waits that run out with under half their
@@ -86,8 +86,7 @@ const (
 // is busy with the other half of its replies meanwhile.
 //
 // Writes gather too, counted in their size on the wire (conn.unit), but only
-// where a trial finds them quicker for it (gatherTrial), and their wait is
-// a nap rather than a wait on the mark (gatherRead).
+// where a trial finds them quicker for it (gatherTrial).
 type gatherState struct {
 	trial   gatherTrial
 	want    int             // requests a gathering wait waits for; 0 if waits do not gather

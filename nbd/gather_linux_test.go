@@ -117,16 +117,17 @@ func stillWaiting(t *testing.T, done <-chan readResult, d time.Duration, what st
 	}
 }
 
-// A gathering read returns once all its headers have come, or when its
-// wait runs out with what came; one that finds nothing takes the
+// A probe's gathering read returns once all its headers have come, or
+// when its wait runs out with what came; one that finds nothing takes the
 // low-water mark away before it waits on the runtime's poller, which then
 // wakes for a single header. From the first gathering read until the
 // reader waits on the poller, the socket is out of the runtime's epoll
 // set.
-func TestGatherReadWaitsForTheMark(t *testing.T) {
+func TestGatherProbeWaitsForTheMark(t *testing.T) {
 	const within = 300 * time.Millisecond
 	client, server := tcpPair(t)
 	r := newSockReader(server)
+	r.gatherProbe = true
 	if !r.canMark() {
 		t.Fatal("a TCP socket cannot gather")
 	}
@@ -188,23 +189,28 @@ func TestGatherReadWaitsForTheMark(t *testing.T) {
 	}
 }
 
-// A gathering read of writes (gatherNap) sleeps out its wait rather than
-// wait on the low-water mark: while a mark is set and not yet met, the
-// kernel acknowledges every second segment that comes, and on loopback the
-// client pays for each of those ACKs in its own send (fioprobe.sh counts
-// them). So during the nap the socket has no mark, and the batch's coming
-// does not end the nap; a nap that holds its processor lasts as long,
-// through the runtime's preemption signals. A batch that is there when the
-// read begins costs no nap.
-func TestGatherNapLeavesTheMark(t *testing.T) {
+// A batch's gathering read naps rather than wait on the low-water mark:
+// while a mark is set and not yet met, the kernel acknowledges every second
+// segment that comes, and the send that meets it wakes the reader; on
+// loopback the client pays for both in its own send (fioprobe.sh counts
+// them). So during a nap the socket has no mark, and the batch's coming
+// does not end it. A nap holds its processor, lasting as long through the
+// runtime's preemption signals, when one of the sleepPlaces is free, and
+// gives the place back; with none free it naps the usual way. A batch that
+// is there when the read begins costs no nap.
+func TestGatherNaps(t *testing.T) {
 	const within = 300 * time.Millisecond
 	const n, write = 16, requestLen + 4096 // 16 writes of 4 KiB, on the wire
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	if k := blockingConns.Load(); k != 0 {
+		t.Fatalf("%d connection(s) left in blocking mode by an earlier test", k)
+	}
 	client, server := tcpPair(t)
 	r := newSockReader(server)
-	r.gatherNap = true
 	fd := -1
 	rawConnOf(server).Control(func(d uintptr) { fd = int(d) })
+	// A probe leaves its mark set; the nap clears it.
+	r.mark.set(fd, n*write)
 	// sendWrites sends the batch a write at a time, as a client at depth
 	// sends each write as it gets a reply, and waits until all of it has
 	// come (TCP may pace a sender's segments), failing if the gathering
@@ -230,7 +236,7 @@ func TestGatherNapLeavesTheMark(t *testing.T) {
 			default:
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d bytes came within 5 s", inq, n*write)
+				t.Fatalf("%s: %d of %d bytes came within 5 s", what, inq, n*write)
 			}
 		}
 	}
@@ -244,11 +250,14 @@ func TestGatherNapLeavesTheMark(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	napping := func(what string) {
+	napping := func(what string, places int32) {
 		t.Helper()
 		begun := time.Now()
 		done := gatherBytes(r, n*write, within)
 		stillWaiting(t, done, within/4, what+": before the batch")
+		if k := blockingConns.Load(); k != places {
+			t.Fatalf("%s: %d sleep places taken, want %d", what, k, places)
+		}
 		sendWrites(what, done)
 		if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT); err != nil || v > 1 {
 			t.Fatalf("%s: SO_RCVLOWAT %d (%v), want none (0 or 1)", what, v, err)
@@ -261,12 +270,15 @@ func TestGatherNapLeavesTheMark(t *testing.T) {
 		}
 	}
 
-	napping("a nap")
-	r.gatherHold = true
-	napping("a held nap")
+	napping("a held nap", 1)
 	if k := blockingConns.Load(); k != 0 {
 		t.Fatalf("after a held nap: %d sleep places taken, want 0", k)
 	}
+	if ok, _ := sleepPlace(); !ok {
+		t.Fatal("no sleep place free with 2 processors")
+	}
+	napping("a nap with no place free", 1) // the test's
+	blockingConns.Add(-1)
 
 	sendWrites("a batch already there", nil)
 	begun := time.Now()
@@ -274,52 +286,6 @@ func TestGatherNapLeavesTheMark(t *testing.T) {
 	batch(res, "a batch already there")
 	if d := res.at.Sub(begun); d > within/4 {
 		t.Fatalf("a batch already there: read %v after it began, want at once", d)
-	}
-}
-
-// A gathering wait that holds its processor takes one of the sleepPlaces
-// while it waits, and gives it back; it waits as long as one that does not
-// (300 ms, past the runtime's preemption signals every 10 ms), and without
-// a free place it waits the usual way.
-func TestHeldGatherWaits(t *testing.T) {
-	const within = 300 * time.Millisecond
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
-	if n := blockingConns.Load(); n != 0 {
-		t.Fatalf("%d connection(s) left in blocking mode by an earlier test", n)
-	}
-	client, server := tcpPair(t)
-	r := newSockReader(server)
-	r.gatherHold = true
-	send := func(n int) time.Time { return sendHeaders(t, client, n) }
-	get := func(done <-chan readResult, what string) readResult { return gathered(t, done, what) }
-
-	done := gatherOnce(r, 16, within)
-	send(8)
-	stillWaiting(t, done, within/2, "8 of 16 headers, held")
-	if n := blockingConns.Load(); n != 1 {
-		t.Fatalf("during a held wait: %d sleep places taken, want 1", n)
-	}
-	sent := send(8)
-	if res := get(done, "16 of 16, held"); res.n != 16*requestLen || r.gathered != res.n || res.at.Sub(sent) > within/4 {
-		t.Fatalf("16 of 16, held: %d bytes, gathered %d, %v after the last, want %d bytes at once",
-			res.n, r.gathered, res.at.Sub(sent), 16*requestLen)
-	}
-	if n := blockingConns.Load(); n != 0 {
-		t.Fatalf("after a held wait: %d sleep places taken, want 0", n)
-	}
-
-	// With the one place taken, the wait runs its course without it.
-	if ok, _ := sleepPlace(); !ok {
-		t.Fatal("no sleep place free with 2 processors")
-	}
-	defer blockingConns.Add(-1)
-	sent = send(2)
-	if res := get(gatherOnce(r, 16, within), "2 of 16, no place"); res.n != 2*requestLen || r.gathered != res.n || res.at.Sub(sent) < within*3/4 {
-		t.Fatalf("2 of 16 with no place free: %d bytes, gathered %d, %v after they came, want %d after about %v",
-			res.n, r.gathered, res.at.Sub(sent), 2*requestLen, within)
-	}
-	if n := blockingConns.Load(); n != 1 {
-		t.Fatalf("after a wait with no place free: %d sleep places taken, want 1 (the test's)", n)
 	}
 }
 
@@ -370,7 +336,8 @@ func roundsUntilProbed(t *testing.T, probes <-chan int, what string, round func(
 }
 
 // A client that keeps 32 small reads in flight is probed, and then its
-// reads are gathered 16 at a time: 8 get no reply until 8 more come.
+// reads are gathered 16 at a time: 8 get no reply, 8 more come, and all 16
+// get theirs when the wait, a nap (TestGatherNaps), runs out.
 // The reader gathers only while it runs requests itself, from a streak
 // of fast storage calls that load on the machine can break, so the test
 // sends rounds until a probe finds 32, and tries the batch up to 5 times.
@@ -416,8 +383,8 @@ func TestReadsAtDepthGather(t *testing.T) {
 		}
 		sent := time.Now()
 		tc.smallReads(308, 8)
-		if d := tc.readReplies(mem, 300, 16, sent, "a batch of 16"); d > gather/3 {
-			t.Fatalf("a batch of 16: first reply %v after the last request, want it at once", d)
+		if d := tc.readReplies(mem, 300, 16, sent, "a batch of 16"); d < gather/3 || d > gather {
+			t.Fatalf("a batch of 16: first reply %v after the last request, want it when the wait of %v ran out, about %v after", d, gather, gather*2/3)
 		}
 		break
 	}
@@ -471,10 +438,9 @@ func (tc *tclient) writeReplies(mem *memBackend, h uint64, n int, seed byte, sin
 }
 
 // A client that keeps 32 writes of 4 KiB in flight is probed, and then its
-// writes are gathered 16 at a time, as reads are, but the wait for them is
-// a nap (TestGatherNapLeavesTheMark): 8 get no reply, 8 more come, and all
-// 16 get theirs when the wait runs out, their payloads larger than the
-// reader's buffer. A batch that stops partway through a payload is answered up to
+// writes are gathered 16 at a time, as reads are: 8 get no reply, 8 more
+// come, and all 16 get theirs when the wait runs out, their payloads
+// larger than the reader's buffer. A batch that stops partway through a payload is answered up to
 // there: the reader does not hold replies while it waits for the rest.
 // (See TestReadsAtDepthGather for why the test tries more than once.)
 func TestWritesAtDepthGather(t *testing.T) {

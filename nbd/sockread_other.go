@@ -10,18 +10,17 @@ import (
 // sockReader (sockread_unix.go) exists only on Unix; elsewhere
 // newSockReader returns nil and connections read through net.Conn.
 type sockReader struct {
-	lone       bool
-	tryFirst   bool
-	payload    int
-	lag        lagState
-	mark       lowMark
-	gather     int
-	gatherIn   time.Duration
-	gatherHold bool
-	gatherNap  bool
-	gathered   int
-	hide       *pollHide
-	blocking   atomic.Bool
+	lone        bool
+	tryFirst    bool
+	payload     int
+	lag         lagState
+	mark        lowMark
+	gather      int
+	gatherIn    time.Duration
+	gatherProbe bool
+	gathered    int
+	hide        *pollHide
+	blocking    atomic.Bool
 }
 
 func newSockReader(any) *sockReader          { return nil }

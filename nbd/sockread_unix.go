@@ -79,16 +79,14 @@ type sockReader struct {
 
 	// A gathering read (gatherRead, gather_linux.go), asked for by the
 	// reader before a read that may wait: it waits up to gatherIn for
-	// gather bytes, keeping its processor if gatherHold; with gatherNap
-	// (writes) it sleeps out gatherIn rather than wait on the low-water
-	// mark. Its result is the bytes that came: read, and still in the
-	// socket after a read that filled the buffer. A read that did not
-	// gather leaves it 0.
-	gather     int
-	gatherIn   time.Duration
-	gatherHold bool
-	gatherNap  bool
-	gathered   int
+	// gather bytes, napping for a batch and on the low-water mark for a
+	// probe (gatherProbe). Its result is the bytes that came: read, and
+	// still in the socket after a read that filled the buffer. A read that
+	// did not gather leaves it 0.
+	gather      int
+	gatherIn    time.Duration
+	gatherProbe bool
+	gathered    int
 }
 
 // rawConnOf returns nc's descriptor access, or nil if nc is not a socket.
