@@ -76,14 +76,14 @@ const (
 // the reader last found two or more requests together (a client at depth 1
 // is never probed): a wait on the socket's low-water mark (SO_RCVLOWAT)
 // for probeMost requests, or probeWait, long enough for a client to answer
-// every reply it holds. The most requests
-// that came in the last probesKept probes are its depth, since a client
-// that is busy elsewhere, or slow for a moment, sends only part of it
-// within probeWait. Gathering waits that run out with under half their
-// batch, gatherShortMost in a row, end the gathering until the next probe:
-// the client has slowed or keeps fewer in flight. Each costs at most
-// gatherWait, and one now and then does no harm at depth, where the client
-// is busy with the other half of its replies meanwhile.
+// every reply it holds. The most requests that came in the last probesKept
+// probes are its depth, since a client that is busy elsewhere, or slow for
+// a moment, sends only part of it within probeWait. Gathering waits that
+// end with under half their batch, gatherShortMost in a row, end the
+// gathering until the next probe: the client has slowed or keeps fewer in
+// flight. Each costs at most gatherWait, and one now and then does no harm
+// at depth, where the client is busy with the other half of its replies
+// meanwhile.
 //
 // Writes gather too, counted in their size on the wire (conn.unit), but only
 // where a trial finds them quicker for it (gatherTrial).
