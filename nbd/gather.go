@@ -53,9 +53,10 @@ const (
 // gatherState makes the reader, when it has answered everything and waits
 // for a client that keeps many small reads in flight, wait for a batch of
 // requests rather than for the first: unless the batch is there already,
-// the reader sleeps for gatherWait (a nap; gatherRead, gather_linux.go).
-// It then reads what came at once, runs it, and sends every reply in one
-// write.
+// it waits up to gatherWait on the socket's low-water mark (SO_RCVLOWAT),
+// or, when the wait before ran out before its batch came, sleeps that long
+// (a nap; gatherRead, gather_linux.go, says why). It then reads what came
+// at once, runs it, and sends every reply in one write.
 //
 // Why: at depth 32 a reader that takes each request as it comes reads one
 // or two at a time, since it is quicker than the client, and so pays a
@@ -74,16 +75,15 @@ const (
 //
 // The depth is measured by a probe, at most every probeEvery and only when
 // the reader last found two or more requests together (a client at depth 1
-// is never probed): a wait on the socket's low-water mark (SO_RCVLOWAT)
-// for probeMost requests, or probeWait, long enough for a client to answer
-// every reply it holds. The most requests that came in the last probesKept
-// probes are its depth, since a client that is busy elsewhere, or slow for
-// a moment, sends only part of it within probeWait. Gathering waits that
-// end with under half their batch, gatherShortMost in a row, end the
-// gathering until the next probe: the client has slowed or keeps fewer in
-// flight. Each costs at most gatherWait, and one now and then does no harm
-// at depth, where the client is busy with the other half of its replies
-// meanwhile.
+// is never probed): a wait on the mark for probeMost requests, or
+// probeWait, long enough for a client to answer every reply it holds. The
+// most requests that came in the last probesKept probes are its depth,
+// since a client that is busy elsewhere, or slow for a moment, sends only
+// part of it within probeWait. Gathering waits that end with under half
+// their batch, gatherShortMost in a row, end the gathering until the next
+// probe: the client has slowed or keeps fewer in flight. Each costs at most
+// gatherWait, and one now and then does no harm at depth, where the client
+// is busy with the other half of its replies meanwhile.
 //
 // Writes gather too, counted in their size on the wire (conn.unit), but only
 // where a trial finds them quicker for it (gatherTrial).
@@ -94,6 +94,7 @@ type gatherState struct {
 	found   [probesKept]int // what the last probes found, the newest at found[probes%probesKept]
 	probes  int
 	probing bool      // the wait under way is a probe
+	nap     bool      // the next batch's wait naps: the last ran out before its batch came
 	probed  time.Time // when the last probe began
 }
 
@@ -118,7 +119,7 @@ func (g *gatherState) next(now time.Time, batch int, done uint64, writes bool) (
 func (g *gatherState) result(met bool, got int) {
 	switch {
 	case g.probing:
-		g.probing, g.short, g.want = false, 0, 0
+		g.probing, g.short, g.want, g.nap = false, 0, 0, false
 		g.probes++
 		g.found[g.probes%probesKept] = got
 		if probeFound != nil {
@@ -128,11 +129,12 @@ func (g *gatherState) result(met bool, got int) {
 			g.want = min(d/2, gatherMost)
 		}
 	case !met && 2*got < g.want:
+		g.nap = true
 		if g.short++; g.short == gatherShortMost {
 			g.want = 0
 		}
 	default:
-		g.short = 0
+		g.short, g.nap = 0, !met
 	}
 }
 

@@ -10,11 +10,11 @@ import (
 
 // gatherRead reads on a non-blocking socket once r.gather bytes have come,
 // or r.gatherIn has passed (see gatherState), then reads whatever is there
-// without sleeping. A batch's wait is a nap: unless the batch is there
-// already, the reader sleeps out gatherIn in nanosleep(2), with no
-// low-water mark set. A probe (gatherProbe) waits on the mark instead, in
-// ppoll(2), and ends as soon as its requests have come; it leaves the mark
-// set, and the next batch's wait or a read that found nothing clears it.
+// without sleeping. Unless the batch is there already, it waits on the
+// low-water mark in ppoll(2), or with gatherNap it naps: it sleeps out
+// gatherIn in nanosleep(2) with no mark set. A probe (gatherProbe) always
+// waits on the mark. A wait on the mark leaves it set; the next nap, or a
+// read that found nothing, clears it.
 //
 // Why a nap, when a wait on the mark ends as soon as the batch is there:
 // both the mark's ends cost the client. The send that meets the mark wakes
@@ -28,14 +28,20 @@ import (
 // sent fio 0.40 pure ACKs a write and napping 0.17, and reads had fio wake
 // the server 0.055–0.063 times a read on the mark and 0.0013–0.0015
 // napping; fio's CPU fell from 8.94 to 8.59 µs a write and from 9.34 to
-// 8.85 µs a read. In alternating rounds against the build that waited on
-// the mark, writes came to 1.04× with one core each and with the cores
-// shared (10 rounds each, per round 0.90–1.28×) and 1.01× held to 0.3 of a
-// core (8 rounds); reads napping against reads on the mark, writes napping
-// in both, came to 1.05×, 1.04× and 1.00× (8 rounds each). The nap lasts
-// 50–100 µs (gatherWait and the kernel's timer slack) whether or not the
-// batch came sooner; where gathering writes is slower than not, the trial
-// turns it off (gatherTrial).
+// 8.85 µs a read.
+//
+// Why not always: the nap lasts 50–100 µs (gatherWait and the kernel's
+// timer slack) whether or not the batch came sooner, and a client that
+// has sent all it can meanwhile idles. Napping at every wait took fio's
+// 4 KiB reads at depth 16 to 0.74× the rate on the mark, and at depth 24
+// to 0.89× (5 alternating rounds, one core each). So a wait naps only
+// when the wait before it ran out before its batch came (gatherState.nap):
+// the client was then still sending when the wait ended, busy with the
+// rest of its replies, as fio is at depth 32. Against the build whose
+// waits were all on the mark, in alternating rounds with one core each:
+// reads at depth 16 1.00×, 24 1.05×, 32 1.04×; writes at 16 1.04×, 32
+// 1.04×; with the cores shared, depth 32 reads 1.00× and writes 1.03×;
+// held to 0.3 of a core, 1.02× and 1.03× (5 rounds each, 10 held reads).
 //
 // What came is counted, not taken from ppoll: TCP reports a socket readable
 // below its mark too, when its receive window or memory runs low. The
@@ -59,27 +65,36 @@ import (
 // nothing sleeps in epoll_wait while the reader runs, and it changed
 // nothing measurable.
 //
-// With one of the sleepPlaces free, a nap keeps the thread's processor (a
-// raw nanosleep, which the runtime does not see). A sleep the runtime sees,
-// after the process was idle, wakes the runtime's monitor thread (sysmon),
-// which then polls every 20 µs for a while, and the processor may go to
-// another thread that finds nothing to do. With fio's 4 KiB reads at depth
-// 32 against a server held to 0.3 of a core (waits on the mark then, in a
-// raw ppoll), per request: context switches 0.29 → 0.08, futex calls 0.06
-// → 0.001, nanosleep (sysmon's) 0.10 → 0.01; and 32–37 → 47–52 thousand
-// IOPS. A probe waits up to 1 ms, too long to hold a processor.
+// With one of the sleepPlaces free, a batch's wait keeps the thread's
+// processor (a raw ppoll or nanosleep, which the runtime does not see). A
+// sleep the runtime sees, after the process was idle, wakes the runtime's
+// monitor thread (sysmon), which then polls every 20 µs for a while, and
+// the processor may go to another thread that finds nothing to do. With
+// fio's 4 KiB reads at depth 32 against a server held to 0.3 of a core
+// (all waits on the mark then), per request: context switches 0.29 →
+// 0.08, futex calls 0.06 → 0.001, nanosleep (sysmon's) 0.10 → 0.01; and
+// 32–37 → 47–52 thousand IOPS. A probe waits up to 1 ms, too long to hold
+// a processor.
 func (r *sockReader) gatherRead(fd uintptr) {
 	r.hide.hide(int(fd)) // see above; until readOnce shows it
-	if r.gatherProbe {
-		r.mark.wait(fd, r.gather, r.gatherIn)
-	} else {
+	switch {
+	case r.gatherProbe:
+		r.mark.wait(fd, r.gather, r.gatherIn, false)
+	case r.gatherNap:
 		r.mark.clear(int(fd))
-		if inq, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err != nil || inq < r.gather {
-			hold, _ := sleepPlace()
+		fallthrough
+	default:
+		if inq, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && inq >= r.gather {
+			break // the batch is there
+		}
+		hold, _ := sleepPlace()
+		if r.gatherNap {
 			nap(r.gatherIn, hold)
-			if hold {
-				blockingConns.Add(-1)
-			}
+		} else {
+			r.mark.wait(fd, r.gather, r.gatherIn, hold)
+		}
+		if hold {
+			blockingConns.Add(-1)
 		}
 	}
 	r.n, r.err = rawRead(fd, r.p)

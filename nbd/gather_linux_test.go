@@ -189,15 +189,15 @@ func TestGatherProbeWaitsForTheMark(t *testing.T) {
 	}
 }
 
-// A batch's gathering read naps rather than wait on the low-water mark:
-// while a mark is set and not yet met, the kernel acknowledges every second
-// segment that comes, and the send that meets it wakes the reader; on
-// loopback the client pays for both in its own send (fioprobe.sh counts
-// them). So during a nap the socket has no mark, and the batch's coming
-// does not end it. A nap holds its processor, lasting as long through the
-// runtime's preemption signals, when one of the sleepPlaces is free, and
-// gives the place back; with none free it naps the usual way. A batch that
-// is there when the read begins costs no nap.
+// A batch's gathering read with gatherNap naps rather than wait on the
+// low-water mark: while a mark is set and not yet met, the kernel
+// acknowledges every second segment that comes, and the send that meets it
+// wakes the reader; on loopback the client pays for both in its own send
+// (fioprobe.sh counts them). So during a nap the socket has no mark, and
+// the batch's coming does not end it. A nap holds its processor, lasting
+// as long through the runtime's preemption signals, when one of the
+// sleepPlaces is free, and gives the place back; with none free it naps
+// the usual way. A batch that is there when the read begins costs no nap.
 func TestGatherNaps(t *testing.T) {
 	const within = 300 * time.Millisecond
 	const n, write = 16, requestLen + 4096 // 16 writes of 4 KiB, on the wire
@@ -207,6 +207,7 @@ func TestGatherNaps(t *testing.T) {
 	}
 	client, server := tcpPair(t)
 	r := newSockReader(server)
+	r.gatherNap = true
 	fd := -1
 	rawConnOf(server).Control(func(d uintptr) { fd = int(d) })
 	// A probe leaves its mark set; the nap clears it.
@@ -289,6 +290,51 @@ func TestGatherNaps(t *testing.T) {
 	}
 }
 
+// A batch's wait on the mark holds its processor: it takes one of the
+// sleepPlaces while it waits, and gives it back; it waits as long as one
+// that does not (300 ms, past the runtime's preemption signals every
+// 10 ms), and without a free place it waits the usual way.
+func TestHeldGatherWaits(t *testing.T) {
+	const within = 300 * time.Millisecond
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	if n := blockingConns.Load(); n != 0 {
+		t.Fatalf("%d connection(s) left in blocking mode by an earlier test", n)
+	}
+	client, server := tcpPair(t)
+	r := newSockReader(server)
+	send := func(n int) time.Time { return sendHeaders(t, client, n) }
+	get := func(done <-chan readResult, what string) readResult { return gathered(t, done, what) }
+
+	done := gatherOnce(r, 16, within)
+	send(8)
+	stillWaiting(t, done, within/2, "8 of 16 headers, held")
+	if n := blockingConns.Load(); n != 1 {
+		t.Fatalf("during a held wait: %d sleep places taken, want 1", n)
+	}
+	sent := send(8)
+	if res := get(done, "16 of 16, held"); res.n != 16*requestLen || r.gathered != res.n || res.at.Sub(sent) > within/4 {
+		t.Fatalf("16 of 16, held: %d bytes, gathered %d, %v after the last, want %d bytes at once",
+			res.n, r.gathered, res.at.Sub(sent), 16*requestLen)
+	}
+	if n := blockingConns.Load(); n != 0 {
+		t.Fatalf("after a held wait: %d sleep places taken, want 0", n)
+	}
+
+	// With the one place taken, the wait runs its course without it.
+	if ok, _ := sleepPlace(); !ok {
+		t.Fatal("no sleep place free with 2 processors")
+	}
+	defer blockingConns.Add(-1)
+	sent = send(2)
+	if res := get(gatherOnce(r, 16, within), "2 of 16, no place"); res.n != 2*requestLen || r.gathered != res.n || res.at.Sub(sent) < within*3/4 {
+		t.Fatalf("2 of 16 with no place free: %d bytes, gathered %d, %v after they came, want %d after about %v",
+			res.n, r.gathered, res.at.Sub(sent), 2*requestLen, within)
+	}
+	if n := blockingConns.Load(); n != 1 {
+		t.Fatalf("after a wait with no place free: %d sleep places taken, want 1 (the test's)", n)
+	}
+}
+
 // watchProbes makes the connection's reader probe at every wait after
 // taking two or more requests, until a probe finds 32, and returns a
 // channel that gets what each probe finds. A probe on a fresh connection
@@ -336,8 +382,8 @@ func roundsUntilProbed(t *testing.T, probes <-chan int, what string, round func(
 }
 
 // A client that keeps 32 small reads in flight is probed, and then its
-// reads are gathered 16 at a time: 8 get no reply, 8 more come, and all 16
-// get theirs when the wait, a nap (TestGatherNaps), runs out.
+// reads are gathered 16 at a time: 8 get no reply until 8 more come, or,
+// after a wait that ran out before its batch came, until a nap runs out.
 // The reader gathers only while it runs requests itself, from a streak
 // of fast storage calls that load on the machine can break, so the test
 // sends rounds until a probe finds 32, and tries the batch up to 5 times.
@@ -360,31 +406,73 @@ func TestReadsAtDepthGather(t *testing.T) {
 		t.Fatalf("the round a probe found: first reply after %v, want about %v", d, probe)
 	}
 
-	// Gathering 16: 8 get no reply; 8 more, and all 16 get theirs when the
-	// wait runs out, which began before the first 8 were sent.
-	const tries = 5
-	for try := 1; ; try++ {
-		tc.smallReads(300, 8)
+	// batch16 sends 8 reads from handle h, and if none is answered within
+	// gather/3, 8 more; it then says how long the first of the 16 replies
+	// took after the last request. If one of the 8 was answered, the wait
+	// did not gather (gathered false).
+	batch16 := func(h uint64) (gathered bool, d time.Duration) {
+		tc.smallReads(h, 8)
 		tc.c.SetReadDeadline(time.Now().Add(gather / 3))
 		_, err := tc.br.Peek(1)
 		tc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if err == nil {
-			// Answered: this wait did not gather. Two more rounds of 32
-			// restore the streak of fast calls, if a slow one broke it.
-			tc.readReplies(mem, 300, 8, time.Now(), "8 answered without gathering")
-			if try == tries {
-				t.Fatalf("8 of a batch of 16 got replies before the rest came, %d times", tries)
-			}
-			for range 2 {
-				tc.smallReads(100, 32)
-				tc.readReplies(mem, 100, 32, time.Now(), "a round of 32 between tries")
-			}
-			continue
+			tc.readReplies(mem, h, 8, time.Now(), "8 answered without gathering")
+			return false, 0
 		}
 		sent := time.Now()
-		tc.smallReads(308, 8)
-		if d := tc.readReplies(mem, 300, 16, sent, "a batch of 16"); d < gather/3 || d > gather {
-			t.Fatalf("a batch of 16: first reply %v after the last request, want it when the wait of %v ran out, about %v after", d, gather, gather*2/3)
+		tc.smallReads(h+8, 8)
+		return true, tc.readReplies(mem, h, 16, sent, "a batch of 16")
+	}
+	// again sends two rounds of 32: they restore the streak of fast calls,
+	// if a slow one broke it, and each gets its whole batch.
+	const tries = 5
+	again := func(try int, what string) {
+		if try == tries {
+			t.Fatalf("%s, %d times", what, tries)
+		}
+		for range 2 {
+			tc.smallReads(100, 32)
+			tc.readReplies(mem, 100, 32, time.Now(), "a round of 32 between tries")
+		}
+	}
+
+	// Gathering 16 on the mark, first after a probe: 8 get no reply; 8
+	// more and all 16 get theirs at once.
+	for try := 1; ; try++ {
+		ok, d := batch16(300)
+		if !ok {
+			again(try, "8 of a batch of 16 got replies before the rest came")
+			continue
+		}
+		if d > gather/3 {
+			t.Fatalf("a batch of 16: first reply %v after the last request, want it at once", d)
+		}
+		break
+	}
+
+	// A wait that runs out before its batch came makes the next one a nap
+	// (gatherState.nap): 8 and 8 more get their replies only when the nap
+	// runs out. That nap got its whole batch, so the wait after it is on
+	// the mark again.
+	for try := 1; ; try++ {
+		tc.smallReads(400, 4)
+		tc.readReplies(mem, 400, 4, time.Now(), "4 reads, answered when the wait ran out")
+		ok, d := batch16(500)
+		if !ok {
+			again(try, "8 of a batch of 16 got replies before the rest came, after a wait that ran out")
+			continue
+		}
+		if d < gather/3 || d > gather {
+			t.Fatalf("a batch of 16 after a wait that ran out: first reply %v after the last request, want it when the nap of %v ran out, about %v after",
+				d, gather, gather*2/3)
+		}
+		ok, d = batch16(600)
+		if !ok {
+			again(try, "8 of a batch of 16 got replies before the rest came, after a nap")
+			continue
+		}
+		if d > gather/3 {
+			t.Fatalf("a batch of 16 after a nap that got its batch: first reply %v after the last request, want it at once", d)
 		}
 		break
 	}
@@ -438,9 +526,9 @@ func (tc *tclient) writeReplies(mem *memBackend, h uint64, n int, seed byte, sin
 }
 
 // A client that keeps 32 writes of 4 KiB in flight is probed, and then its
-// writes are gathered 16 at a time, as reads are: 8 get no reply, 8 more
-// come, and all 16 get theirs when the wait runs out, their payloads
-// larger than the reader's buffer. A batch that stops partway through a payload is answered up to
+// writes are gathered 16 at a time, as reads are: 8 get no reply until 8
+// more come, then all 16 at once, their payloads larger than the reader's
+// buffer. A batch that stops partway through a payload is answered up to
 // there: the reader does not hold replies while it waits for the rest.
 // (See TestReadsAtDepthGather for why the test tries more than once.)
 func TestWritesAtDepthGather(t *testing.T) {
@@ -473,8 +561,7 @@ func TestWritesAtDepthGather(t *testing.T) {
 		}
 	}
 
-	// Gathering 16: 8 get no reply; 8 more, and all 16 get theirs when the
-	// wait runs out, which began before the first 8 were sent.
+	// Gathering 16: 8 get no reply; 8 more and all 16 get theirs at once.
 	for try := 1; ; try++ {
 		if until(func() { tc.smallWrites(300, 8, 60) }) {
 			tc.writeReplies(mem, 300, 8, 60, time.Now(), "8 answered without gathering")
@@ -483,8 +570,8 @@ func TestWritesAtDepthGather(t *testing.T) {
 		}
 		sent := time.Now()
 		tc.write(writeBatch(308, 8, 68))
-		if d := tc.writeReplies(mem, 300, 16, 60, sent, "a batch of 16"); d < gather/3 || d > gather {
-			t.Fatalf("a batch of 16: first reply %v after the last request, want it when the wait of %v ran out, about %v after", d, gather, gather*2/3)
+		if d := tc.writeReplies(mem, 300, 16, 60, sent, "a batch of 16"); d > gather/3 {
+			t.Fatalf("a batch of 16: first reply %v after the last request, want it at once", d)
 		}
 		break
 	}

@@ -84,6 +84,35 @@ func TestGatherPlan(t *testing.T) {
 	p.wait("a wait after an empty one", 1, 8, gatherWait, true, 9)
 }
 
+// A batch's wait naps when the wait before it ran out before its whole
+// batch came, and waits on the mark otherwise, as it does first after a
+// probe.
+func TestGatherNapFollowsTheLastWait(t *testing.T) {
+	p := &planner{t: t, now: time.Unix(1e9, 0)}
+	naps := func(what string, want bool) {
+		t.Helper()
+		if p.g.nap != want {
+			t.Fatalf("%s: the next wait naps %v, want %v", what, p.g.nap, want)
+		}
+	}
+	p.nextProbe()
+	p.probe("a probe", 32)
+	naps("after a probe", false)
+	p.wait("a wait whose batch came", 32, 16, gatherWait, true, 16)
+	naps("after a wait whose batch came", false)
+	p.wait("a wait that got three quarters", 12, 16, gatherWait, false, 12)
+	naps("after a wait that ran out", true)
+	p.wait("a short wait", 7, 16, gatherWait, false, 7)
+	naps("after a short wait", true)
+	p.wait("a nap whose batch came", 7, 16, gatherWait, true, 20)
+	naps("after a nap whose batch came", false)
+	p.wait("a wait that ran out", 20, 16, gatherWait, false, 10)
+	naps("after another wait that ran out", true)
+	p.nextProbe()
+	p.probe("the next probe", 32)
+	naps("after the next probe", false)
+}
+
 // lengthenGatherWaits makes gathering waits last long enough to observe,
 // probes happen only once, and the first half of a trial of gathering
 // writes, in which they gather, lasts.

@@ -69,7 +69,7 @@ func (l *lagState) miss() {
 // read reads p, the rest of a payload, on a socket in blocking mode: once
 // the next request's header has come after it, or lagWait.
 func (l *lagState) read(m *lowMark, fd uintptr, p []byte) (int, error) {
-	timedOut, ok := m.wait(fd, len(p)+requestLen, lagWait)
+	timedOut, ok := m.wait(fd, len(p)+requestLen, lagWait, false)
 	if !ok {
 		l.miss()
 		return l.readRest(m, fd, p, 0)

@@ -1,14 +1,16 @@
 package nbd
 
 import (
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // lowMark is the socket's receive low-water mark (SO_RCVLOWAT) as the
 // reader set it. Two waits use it: a bulk write's lagging read (lagState)
-// and a gathering probe (gatherState). Whoever sets it must clear it before
+// and a gathering read that does not nap (gatherState). Whoever sets it must clear it before
 // any wait that should end at the first byte: a read that sleeps, or a
 // wait on the runtime's poller, whose readiness follows the mark too.
 type lowMark struct {
@@ -41,8 +43,10 @@ func (m *lowMark) clear(fd int) {
 
 // wait sets the mark to v bytes and sleeps in ppoll(2) until that many are
 // there, or d has passed (timedOut). It leaves the mark set; if the kernel
-// would not take it, it clears it and does not wait (ok false).
-func (m *lowMark) wait(fd uintptr, v int, d time.Duration) (timedOut, ok bool) {
+// would not take it, it clears it and does not wait (ok false). With hold,
+// the ppoll is a raw system call, which the runtime does not see: the
+// thread keeps its processor while it sleeps.
+func (m *lowMark) wait(fd uintptr, v int, d time.Duration, hold bool) (timedOut, ok bool) {
 	if m.v != v && !m.set(int(fd), v) {
 		m.clear(int(fd))
 		return false, false
@@ -52,9 +56,22 @@ func (m *lowMark) wait(fd uintptr, v int, d time.Duration) (timedOut, ok bool) {
 	for {
 		// A signal (the runtime preempts with them) ends the wait early;
 		// Linux's ppoll leaves the time still to wait in ts.
-		k, err := unix.Ppoll(m.fds[:], &ts, nil)
+		k, err := m.ppoll(&ts, hold)
 		if err != unix.EINTR {
 			return k == 0 && err == nil, true
 		}
 	}
+}
+
+// ppoll waits for m.fds as ppoll(2) does; with hold, as a raw system call.
+func (m *lowMark) ppoll(ts *unix.Timespec, hold bool) (int, error) {
+	if !hold {
+		return unix.Ppoll(m.fds[:], ts, nil)
+	}
+	k, _, e := syscall.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&m.fds[0])), 1,
+		uintptr(unsafe.Pointer(ts)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(k), nil
 }

@@ -18,6 +18,7 @@ type sockReader struct {
 	gather      int
 	gatherIn    time.Duration
 	gatherProbe bool
+	gatherNap   bool
 	gathered    int
 	hide        *pollHide
 	blocking    atomic.Bool

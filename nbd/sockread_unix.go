@@ -79,13 +79,15 @@ type sockReader struct {
 
 	// A gathering read (gatherRead, gather_linux.go), asked for by the
 	// reader before a read that may wait: it waits up to gatherIn for
-	// gather bytes, napping for a batch and on the low-water mark for a
-	// probe (gatherProbe). Its result is the bytes that came: read, and
-	// still in the socket after a read that filled the buffer. A read that
-	// did not gather leaves it 0.
+	// gather bytes, on the low-water mark, or in a nap (gatherNap); a
+	// probe (gatherProbe) waits on the mark without holding its
+	// processor. Its result is the bytes that came: read, and still in
+	// the socket after a read that filled the buffer. A read that did not
+	// gather leaves it 0.
 	gather      int
 	gatherIn    time.Duration
 	gatherProbe bool
+	gatherNap   bool
 	gathered    int
 }
 
