@@ -117,8 +117,7 @@ func (g *gatherState) next(now time.Time, batch int, done uint64, writes bool) (
 // result takes the outcome of the wait next asked for: whether all the
 // requests waited for came (met), and how many came.
 func (g *gatherState) result(met bool, got int) {
-	switch {
-	case g.probing:
+	if g.probing {
 		g.probing, g.short, g.want, g.nap = false, 0, 0, false
 		g.probes++
 		g.found[g.probes%probesKept] = got
@@ -128,13 +127,13 @@ func (g *gatherState) result(met bool, got int) {
 		if d := slices.Max(g.found[:]); d >= gatherDepthMin {
 			g.want = min(d/2, gatherMost)
 		}
-	case !met && 2*got < g.want:
-		g.nap = true
-		if g.short++; g.short == gatherShortMost {
-			g.want = 0
-		}
-	default:
-		g.short, g.nap = 0, !met
+		return
+	}
+	g.nap = !met
+	if met || 2*got >= g.want {
+		g.short = 0
+	} else if g.short++; g.short == gatherShortMost {
+		g.want = 0
 	}
 }
 
