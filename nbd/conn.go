@@ -331,7 +331,7 @@ func (c *conn) transmit() error {
 					c.sock.gather, c.sock.gatherIn = max(n*c.unit-c.br.Buffered(), 0), d
 					asked = n
 					c.sock.gatherProbe = c.gathering.probing
-					c.sock.gatherNap = c.gathering.nap && !c.gathering.probing
+					c.sock.gatherNap = c.gathering.nap // a probe waits on the mark all the same
 				}
 				small := c.sock.gatherIn == 0 && c.smallWrites()
 				c.sock.lone = one || c.bulk || small

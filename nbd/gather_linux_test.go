@@ -122,12 +122,13 @@ func stillWaiting(t *testing.T, done <-chan readResult, d time.Duration, what st
 // low-water mark away before it waits on the runtime's poller, which then
 // wakes for a single header. From the first gathering read until the
 // reader waits on the poller, the socket is out of the runtime's epoll
-// set.
+// set. A probe waits on the mark even when the wait before it ran out
+// and would have had the next one nap (gatherNap).
 func TestGatherProbeWaitsForTheMark(t *testing.T) {
 	const within = 300 * time.Millisecond
 	client, server := tcpPair(t)
 	r := newSockReader(server)
-	r.gatherProbe = true
+	r.gatherProbe, r.gatherNap = true, true
 	if !r.canMark() {
 		t.Fatal("a TCP socket cannot gather")
 	}

@@ -10,9 +10,10 @@ import (
 
 // lowMark is the socket's receive low-water mark (SO_RCVLOWAT) as the
 // reader set it. Two waits use it: a bulk write's lagging read (lagState)
-// and a gathering read that does not nap (gatherState). Whoever sets it must clear it before
-// any wait that should end at the first byte: a read that sleeps, or a
-// wait on the runtime's poller, whose readiness follows the mark too.
+// and a gathering read that does not nap (gatherState). Whoever sets it
+// must clear it before any wait that should end at the first byte: a read
+// that sleeps, or a wait on the runtime's poller, whose readiness follows
+// the mark too.
 type lowMark struct {
 	v     int  // as set; 0 for the default
 	never bool // the socket's poll(2) ignores the mark: it is not TCP
